@@ -1,0 +1,296 @@
+"""The error types trio-kernel raises.
+
+Every error a user can cause is a `KernelError` that carries the offending
+input and says where it came from, so a message can name what is wrong
+without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CronSyntaxError", "HealthCheckError", "KernelError", "MetricError"]
+
+
+class KernelError(Exception):
+    """Base class of every error trio-kernel raises on purpose."""
+
+
+class CronSyntaxError(KernelError, ValueError):
+    """A cron expression that cannot be parsed.
+
+    Carries the whole ``expression``, the ``field`` name (``"minute"``,
+    ``"day-of-week"``...) or ``None`` when the shape of the expression is
+    wrong, the offending ``token``, its character ``position`` inside the
+    expression (for a caret under it) and a human ``reason``.
+    """
+
+    def __init__(
+        self,
+        expression: str,
+        reason: str,
+        *,
+        field: str | None = None,
+        token: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        self.expression = expression
+        self.reason = reason
+        self.field = field
+        self.token = token
+        self.position = position
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.field} field " if self.field else ""
+        what = f"{self.token!r}: " if self.token is not None else ""
+        return f"invalid cron expression {self.expression!r}: {where}{what}{self.reason}"
+
+
+class MetricError(KernelError, ValueError):
+    """A metric used wrongly: an invalid metric or label name, a name reused
+    for another kind, a counter decremented, a negative or non-finite value.
+
+    Carries the metric ``name`` (or its kind when the name is not at hand)
+    and a human ``reason``.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"metric {self.name!r}: {self.reason}"
+
+
+class HealthCheckError(KernelError, ValueError):
+    """A health check registered wrongly: an empty, reserved or duplicate
+    ``name``, a check that is not callable, a timeout that is not positive."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"health check {self.name!r}: {self.reason}"
+
+
+# --- ports and adapters (kernel.ports, kernel.discovery) -------------------
+
+
+class NotJSONSerializable(KernelError, TypeError, ValueError):
+    """A value that is not plain JSON, found before anything was stored or sent.
+
+    Carries the ``path`` of the offending part inside the value, written as
+    Python would index it (``value['a'][2]``), the offending ``value`` itself
+    and a human ``reason``. It is both a `TypeError` (a set, bytes, an object)
+    and a `ValueError` (NaN, a cycle), as `json.dumps` raises either.
+    """
+
+    def __init__(self, path: str, value: object, reason: str) -> None:
+        self.path = path
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class StorageError(KernelError):
+    """Base class of what a storage adapter raises; a backend failure (lost
+    connection, disk full) is a `StorageError` with the driver's exception
+    as ``__cause__``."""
+
+
+class InvalidStorageKey(StorageError, ValueError):
+    """A namespace, key or key prefix that no storage adapter may accept.
+
+    Carries ``kind`` (``"namespace"``, ``"key"`` or ``"prefix"``), the
+    offending ``value`` and a human ``reason``.
+    """
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid storage {self.kind} {self.value!r}: {self.reason}"
+
+
+class StorageClosed(StorageError):
+    """The storage was used after `aclose`."""
+
+
+class BusError(KernelError):
+    """Base class of what a bus adapter raises; a backend failure is a
+    `BusError` with the driver's exception as ``__cause__``."""
+
+
+class InvalidTopic(BusError, ValueError):
+    """A topic (to publish on) or pattern (to subscribe to) that is malformed.
+
+    Carries ``kind`` (``"topic"`` or ``"pattern"``), the offending ``value``
+    and a human ``reason``.
+    """
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid bus {self.kind} {self.value!r}: {self.reason}"
+
+
+class BusClosed(BusError):
+    """The bus was published to or subscribed to after `aclose`."""
+
+
+class NotifierError(KernelError):
+    """Base class of what a notifier adapter raises; a delivery failure is a
+    `NotifierError` with the driver's exception as ``__cause__``."""
+
+
+class InvalidNotification(NotifierError, ValueError):
+    """A notification whose ``field`` (``"title"``, ``"message"`` or
+    ``"level"``) holds an unacceptable ``value``, for the human ``reason``."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid notification {self.field} {self.value!r}: {self.reason}"
+
+
+class NotifierClosed(NotifierError):
+    """The notifier was used after `aclose`."""
+
+
+class InvalidAdapterURL(KernelError, ValueError):
+    """An adapter URL that cannot be parsed or that its adapter rejects.
+
+    Carries the ``url`` (with any password replaced by ``***``) and a human
+    ``reason``.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid adapter URL {self.url!r}: {self.reason}"
+
+
+class AdapterNotFound(KernelError, LookupError):
+    """No adapter of the ``port`` (``"storage"``, ``"bus"``, ``"notifier"``)
+    handles the URL's ``scheme``; carries the ``url`` (password redacted), the
+    entry-point ``group`` searched and the ``known`` schemes."""
+
+    def __init__(self, port: str, scheme: str, url: str, group: str, known: list[str]) -> None:
+        self.port = port
+        self.scheme = scheme
+        self.url = url
+        self.group = group
+        self.known = known
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return (
+            f"no {self.port} adapter for scheme {self.scheme!r} in {self.url!r}; "
+            f"known schemes: {known} (adapters register in entry-point group {self.group!r})"
+        )
+
+
+class AdapterLoadError(KernelError):
+    """An adapter was found but could not be used: its entry point failed to
+    import, or its factory returned something that is not a ``port``.
+
+    Carries the ``port``, the ``scheme``, the ``source`` (``"built-in"`` or the
+    entry point and its distribution) and a human ``reason``; the original
+    exception, if any, is the ``__cause__``.
+    """
+
+    def __init__(self, port: str, scheme: str, source: str, reason: str) -> None:
+        self.port = port
+        self.scheme = scheme
+        self.source = source
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.port} adapter {self.scheme!r} ({self.source}): {self.reason}"
+
+
+class EntryPointConflict(KernelError):
+    """Two providers claim one ``name`` in one entry-point ``group`` (or an
+    entry point claims a built-in adapter's scheme); carries the ``providers``
+    so the message says what to uninstall or rename."""
+
+    def __init__(self, group: str, name: str, providers: list[str]) -> None:
+        self.group = group
+        self.name = name
+        self.providers = providers
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name!r} in entry-point group {self.group!r} is claimed by "
+            f"{' and '.join(self.providers)}; uninstall one or rename its entry point"
+        )
+
+
+class PluginNotFound(KernelError, LookupError):
+    """A plugin ``reference`` (an entry-point name or ``module:attribute``)
+    that names nothing: a missing module, attribute or entry point, or a
+    malformed reference, for the human ``reason``."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"plugin {self.reference!r} not found: {self.reason}"
+
+
+class PluginLoadError(KernelError):
+    """A plugin ``reference`` that names something which failed to load: its
+    module raised while importing, or the object is not callable. The
+    original exception, if any, is the ``__cause__``."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"plugin {self.reference!r} failed to load: {self.reason}"
+
+
+__all__ += [
+    "AdapterLoadError",
+    "AdapterNotFound",
+    "BusClosed",
+    "BusError",
+    "EntryPointConflict",
+    "InvalidAdapterURL",
+    "InvalidNotification",
+    "InvalidStorageKey",
+    "InvalidTopic",
+    "NotJSONSerializable",
+    "NotifierClosed",
+    "NotifierError",
+    "PluginLoadError",
+    "PluginNotFound",
+    "StorageClosed",
+    "StorageError",
+]
