@@ -294,3 +294,84 @@ __all__ += [
     "StorageClosed",
     "StorageError",
 ]
+
+
+class PermissionDenied(KernelError):
+    """A plugin used a capability its manifest did not ask for."""
+
+    def __init__(self, plugin: str, permission: str) -> None:
+        self.plugin = plugin
+        self.permission = permission
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"plugin {self.plugin!r} is not allowed to use {self.permission!r}:"
+            f" add it to the permissions of its manifest"
+        )
+
+
+class PluginDependencyError(KernelError):
+    """The plugins' ``requires`` cannot be satisfied: a missing plugin or a cycle."""
+
+    def __init__(self, reason: str, *, plugins: tuple[str, ...] = ()) -> None:
+        self.reason = reason
+        self.plugins = plugins
+        super().__init__(reason)
+
+
+class PluginStateError(KernelError):
+    """An operation on a plugin that its state does not allow (or an unknown name)."""
+
+
+__all__ += ["PermissionDenied", "PluginDependencyError", "PluginStateError"]
+
+
+# --- configuration (kernel.config) ------------------------------------------
+
+
+class ConfigError(KernelError, ValueError):
+    """A config file (or table) that cannot be used: missing, unreadable, not
+    TOML, or holding values of the wrong shape.
+
+    Carries the ``source`` (a file path or ``"plugin 'sync'"``), the dotted
+    key ``path`` as TOML writes it (``plugins.sync.config.interval``,
+    ``retention.rules[2].days``; ``""`` for the whole document), a human
+    ``reason`` and, for a value of the wrong type, what was ``expected``
+    (``"an integer"``). Several problems found at once are all in
+    ``problems`` (each a single-problem `ConfigError`); the message names the
+    first and counts the rest, on one line.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        path: str,
+        reason: str,
+        *,
+        expected: str | None = None,
+        problems: tuple[ConfigError, ...] | list[ConfigError] = (),
+    ) -> None:
+        self.source = source
+        self.path = path
+        self.reason = " ".join(reason.split())
+        self.expected = expected
+        self.problems: tuple[ConfigError, ...] = tuple(problems) or (self,)
+        super().__init__(str(self))
+
+    @classmethod
+    def from_problems(cls, problems: tuple[ConfigError, ...] | list[ConfigError]) -> ConfigError:
+        """One error for ``problems`` (not empty), worded after the first."""
+        first = problems[0]
+        return cls(
+            first.source, first.path, first.reason, expected=first.expected, problems=problems
+        )
+
+    def __str__(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        more = len(self.problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        return f"config error in {self.source}{where}: {self.reason}{tail}"
+
+
+__all__ += ["ConfigError"]
