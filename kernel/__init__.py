@@ -8,8 +8,21 @@ from __future__ import annotations
 
 from kernel.clock import Clock
 from kernel.cron import CronExpression
-from kernel.errors import CronSyntaxError, KernelError
+from kernel.errors import (
+    ConfigError,
+    CronSyntaxError,
+    KernelError,
+    PermissionDenied,
+    PluginDependencyError,
+    PluginStateError,
+)
+from kernel.health import HealthMonitor, HealthReport, Status
+from kernel.metrics import Metrics
+from kernel.plugins import Manifest, Permission, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.ports import Bus, Level, Message, Notifier, Storage
+from kernel.runtime import ExitCode, Kernel, PluginSpec
 from kernel.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
+from kernel.supervisor import PluginState
 from kernel.triggers import (
     AllOf,
     AllowOverlap,
@@ -34,23 +47,46 @@ __all__ = [
     "AllowOverlap",
     "AnyOf",
     "At",
+    "Bus",
     "CancelRunning",
     "CatchUp",
     "Clock",
+    "ConfigError",
     "Cron",
     "CronExpression",
     "CronSyntaxError",
     "Every",
+    "ExitCode",
+    "HealthMonitor",
+    "HealthReport",
+    "Kernel",
     "KernelError",
+    "Level",
+    "Manifest",
+    "Message",
+    "Metrics",
     "MisfirePolicy",
+    "Notifier",
     "OverlapPolicy",
+    "Permission",
+    "PermissionDenied",
+    "Plugin",
+    "PluginContext",
+    "PluginDependencyError",
+    "PluginSpec",
+    "PluginState",
+    "PluginStateError",
     "QueueOne",
+    "Restart",
+    "RestartIntensity",
     "RunOnce",
     "Schedule",
     "ScheduleStats",
     "Scheduler",
     "SkipIfRunning",
     "SkipMissed",
+    "Status",
+    "Storage",
     "Timer",
     "TimerWheel",
     "Trigger",

@@ -296,6 +296,19 @@ class Scheduler:
     def cancel_timer(self, timer: Timer[Callback]) -> bool:
         return self._wheel.cancel(timer)
 
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until trio time ``deadline``, on the wheel."""
+        woken = trio.Event()
+        timer = self.call_at(deadline, woken.set)
+        try:
+            await woken.wait()
+        finally:
+            self.cancel_timer(timer)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, on the wheel."""
+        await self.sleep_until(trio.current_time() + seconds)
+
     def _insert(self, tick: int, callback: Callback) -> Timer[Callback]:
         timer = self._wheel.insert(tick, callback)
         self._wake_by(tick)

@@ -1,0 +1,457 @@
+"""The kernel: the root of the nursery tree.
+
+``async with Kernel(...) as kernel:`` opens the adapters, starts the
+scheduler and the health monitor, installs and enables the plugins in
+dependency order, and on exit stops them in reverse order, each within its
+grace period. `Kernel.run` is the blocking entry point with signal handling:
+the first SIGINT / SIGTERM starts a graceful shutdown, a second one cancels
+at once. `Kernel.exit_code` says how it ended (see `ExitCode`).
+
+Plugin states are stored under the storage namespace ``kernel`` so that a
+restart on a durable store restores what was enabled: a plugin an operator
+disabled stays disabled.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import attrs
+import trio
+
+from kernel.clock import Clock
+from kernel.config import key_path, structure_config
+from kernel.discovery import open_bus, open_notifier, open_storage
+from kernel.errors import PluginDependencyError, PluginStateError
+from kernel.health import HealthMonitor, HealthTransition
+from kernel.metrics import Metrics
+from kernel.plugins import Manifest, Plugin, PluginContext
+from kernel.ports import Bus, Level, Notifier, Storage
+from kernel.scheduler import Scheduler
+from kernel.supervisor import KernelServices, PluginState, PluginSupervisor
+
+__all__ = ["ExitCode", "Kernel", "PluginSpec", "dependency_order"]
+
+log = logging.getLogger("kernel")
+
+STATE_NAMESPACE = "kernel"
+
+
+class ExitCode(enum.IntEnum):
+    """How a kernel run ended."""
+
+    OK = 0  #: stopped on request, every plugin within its grace period
+    ERROR = 1  #: the kernel itself failed
+    USAGE = 2  #: bad configuration or arguments; nothing was started
+    FORCED = 3  #: a second signal, or a plugin outlived its grace period
+    PLUGIN_FAILED = 4  #: a plugin was disabled after crashing past its restart budget
+
+
+@attrs.frozen
+class PluginSpec:
+    """A plugin to host: the instance, its instance name (default: the
+    manifest's), its config (an instance of ``manifest.config`` or a mapping
+    to structure into it), and whether to enable it."""
+
+    plugin: Plugin
+    name: str | None = None
+    config: Any = None
+    enabled: bool = True
+    #: Where the config came from, for error messages ("kernel.toml").
+    source: str = "code"
+
+    @property
+    def manifest(self) -> Manifest:
+        manifest = getattr(type(self.plugin), "manifest", None)
+        if not isinstance(manifest, Manifest):
+            raise PluginStateError(f"{type(self.plugin).__qualname__} has no Manifest")
+        return manifest
+
+    @property
+    def instance_name(self) -> str:
+        return self.name or self.manifest.name
+
+
+def dependency_order(requires: Mapping[str, Iterable[str]]) -> list[str]:
+    """Names in an order where each comes after what it requires (Kahn's
+    algorithm, keeping the given order among equals). A missing dependency
+    or a cycle is a `PluginDependencyError` naming the plugins involved."""
+    needs = {name: list(deps) for name, deps in requires.items()}
+    for name, deps in needs.items():
+        missing = [dep for dep in deps if dep not in needs]
+        if missing:
+            wanted = ", ".join(map(repr, missing))
+            raise PluginDependencyError(
+                f"plugin {name!r} requires {wanted}, which is not configured",
+                plugins=(name, *missing),
+            )
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(needs):
+        ready = [n for n, deps in needs.items() if n not in placed and placed.issuperset(deps)]
+        if not ready:
+            cycle = _find_cycle({n: d for n, d in needs.items() if n not in placed})
+            raise PluginDependencyError(
+                f"plugin dependency cycle: {' -> '.join(cycle)}", plugins=tuple(cycle)
+            )
+        order.extend(ready)
+        placed.update(ready)
+    return order
+
+
+def _find_cycle(needs: Mapping[str, list[str]]) -> list[str]:
+    path: list[str] = []
+    node = next(iter(needs))
+    while node not in path:
+        path.append(node)
+        node = next(dep for dep in needs[node] if dep in needs)
+    return [*path[path.index(node) :], node]
+
+
+class Kernel:
+    """The root of a trio-kernel; see the module docstring.
+
+    ``storage``, ``bus`` and ``notifier`` are adapter objects or URLs
+    (``memory://``, ``local://``, ``log://`` by default). ``clock`` is for
+    tests (`Clock.starting_at` under ``MockClock``).
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[Plugin | PluginSpec] = (),
+        *,
+        storage: Storage | str = "memory://",
+        bus: Bus | str = "local://",
+        notifier: Notifier | str = "log://",
+        clock: Clock | None = None,
+        shutdown_grace: float = 10.0,
+        enable_timeout: float = 30.0,
+        health_interval: float = 30.0,
+    ) -> None:
+        self.specs = [p if isinstance(p, PluginSpec) else PluginSpec(p) for p in plugins]
+        self.metrics = Metrics()
+        self.health = HealthMonitor(on_transition=self._on_health_transition)
+        self.exit_code = ExitCode.OK
+        self._adapters = (storage, bus, notifier)
+        self._clock = clock
+        self._shutdown_grace = shutdown_grace
+        self._enable_timeout = enable_timeout
+        self._health_interval = health_interval
+        self._supervisors: dict[str, PluginSupervisor] = {}
+        self._order: list[str] = []
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._services: KernelServices | None = None
+        self._shutdown_scope = trio.CancelScope()
+        self._specs = {spec.instance_name: spec for spec in self.specs}
+        self._configs: dict[str, Any] = {}
+        self._validate()
+
+    # -- the plugins --------------------------------------------------------------
+
+    def _validate(self) -> None:
+        names = [spec.instance_name for spec in self.specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PluginStateError(f"plugin names must be unique: {', '.join(duplicates)}")
+        self._order = dependency_order({s.instance_name: s.manifest.requires for s in self.specs})
+
+    @property
+    def plugins(self) -> dict[str, PluginSupervisor]:
+        """The supervisors of the plugins, by name, in start order."""
+        return dict(self._supervisors)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._require_services().scheduler
+
+    @property
+    def storage(self) -> Storage:
+        return self._require_services().storage
+
+    @property
+    def bus(self) -> Bus:
+        return self._require_services().bus
+
+    @property
+    def notifier(self) -> Notifier:
+        return self._require_services().notifier
+
+    def _require_services(self) -> KernelServices:
+        if self._services is None:
+            raise PluginStateError("the kernel is not running: use `async with Kernel(...)`")
+        return self._services
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Kernel:
+        # every config is checked before anything starts
+        self._configs = {spec.instance_name: _structured(spec) for spec in self.specs}
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            storage, bus, notifier = await self._open_adapters(stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            scheduler = Scheduler(self._clock)
+            await nursery.start(scheduler.run)
+            services = KernelServices(
+                scheduler=scheduler,
+                storage=storage,
+                bus=bus,
+                notifier=notifier,
+                metrics=self.metrics,
+                health=self.health,
+                record_state=self._record_state,
+                shutdown_grace=self._shutdown_grace,
+                enable_timeout=self._enable_timeout,
+            )
+            self._stack, self._nursery, self._services = stack, nursery, services
+            await nursery.start(self.health.run, self._health_interval)
+            for name in self._order:
+                await self._start_plugin(name)
+        except BaseException as exc:
+            self._stack = None
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None or self._nursery is None:
+            return None
+        nursery = self._nursery
+        try:
+            with self._shutdown_scope:
+                await self.shutdown()
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            await stack.__aexit__(exc_type, exc, tb)
+            raise
+        finally:
+            self._services = None
+        nursery.cancel_scope.cancel()
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def shutdown(self) -> None:
+        """Stop the plugins in reverse start order, each within its grace
+        (their stored state stays as it was, so a restart enables them again)."""
+        for name in reversed(list(self._supervisors)):
+            supervisor = self._supervisors[name]
+            await supervisor.stop(remember=False)
+            if supervisor.forced_stop:
+                self.exit_code = max(self.exit_code, ExitCode.FORCED)
+        log.info("kernel stopped")
+
+    def cancel(self) -> None:
+        """Cancel everything at once, without waiting for grace periods."""
+        self.exit_code = max(self.exit_code, ExitCode.FORCED)
+        self._shutdown_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _open_adapters(self, stack: AsyncExitStack) -> tuple[Storage, Bus, Notifier]:
+        storage, bus, notifier = self._adapters
+        if isinstance(storage, str):
+            storage = await open_storage(storage)
+            stack.push_async_callback(storage.aclose)
+        if isinstance(bus, str):
+            bus = await open_bus(bus)
+            stack.push_async_callback(bus.aclose)
+        if isinstance(notifier, str):
+            notifier = await open_notifier(notifier)
+            stack.push_async_callback(notifier.aclose)
+        return storage, bus, notifier
+
+    async def _start_plugin(self, name: str) -> None:
+        spec = self._specs[name]
+        services = self._require_services()
+        stored = await services.storage.get(STATE_NAMESPACE, f"plugin/{name}")
+        supervisor = self._new_supervisor(name)
+        if stored is None:
+            await self._install(supervisor)
+        elif isinstance(stored, dict) and stored.get("state") == PluginState.DISABLED.value:
+            supervisor.state = PluginState.DISABLED
+            log.info("plugin %r stays disabled (as stored)", name)
+            return
+        if not spec.enabled:
+            supervisor.state = PluginState.DISABLED
+            return
+        unmet = [
+            dep
+            for dep in spec.manifest.requires
+            if self._supervisors[dep].state is not PluginState.ENABLED
+        ]
+        if unmet:
+            supervisor.state = PluginState.DISABLED
+            supervisor.reason = f"requires {', '.join(unmet)}, which did not start"
+            log.error("plugin %r not started: %s", name, supervisor.reason)
+            return
+        await self._launch(supervisor)
+
+    def _new_supervisor(self, name: str) -> PluginSupervisor:
+        spec = self._specs[name]
+        supervisor = PluginSupervisor(
+            name, spec.plugin, spec.manifest, self._configs[name], self._require_services()
+        )
+        self._supervisors[name] = supervisor
+        return supervisor
+
+    async def _launch(self, supervisor: PluginSupervisor) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(supervisor.run, name=f"plugin {supervisor.name}")
+        if supervisor.state is PluginState.ENABLED:
+            log.info("enabled plugin %r %s", supervisor.name, supervisor.manifest.version)
+
+    async def _install(self, supervisor: PluginSupervisor) -> None:
+        services = self._require_services()
+        async with trio.open_nursery() as nursery:
+            ctx = PluginContext(
+                name=supervisor.name,
+                manifest=supervisor.manifest,
+                config=supervisor.config,
+                scheduler=services.scheduler,
+                storage=services.storage,
+                bus=services.bus,
+                notifier=services.notifier,
+                metrics=services.metrics.scoped(plugin=supervisor.name),
+                nursery=nursery,
+            )
+            await supervisor.plugin.on_install(ctx)
+            nursery.cancel_scope.cancel()
+        await self._record_state(supervisor.name, PluginState.INSTALLED, "installed")
+
+    async def _record_state(self, name: str, state: PluginState, reason: str) -> None:
+        if state is PluginState.FAILED:
+            self.exit_code = max(self.exit_code, ExitCode.PLUGIN_FAILED)
+        services = self._require_services()
+        await services.storage.put(
+            STATE_NAMESPACE,
+            f"plugin/{name}",
+            {
+                "state": state.value,
+                "reason": reason,
+                "version": self._supervisors[name].manifest.version,
+                "changed_at": services.scheduler.clock.now().isoformat(),
+            },
+        )
+
+    async def _on_health_transition(self, transition: HealthTransition) -> None:
+        level = Level.info if transition.is_recovery else Level.warning
+        reasons = "; ".join(transition.report.reasons) or transition.new.value
+        title = f"{transition.name} is {transition.new.value}"
+        if self._services is not None:
+            await self._services.notifier.notify(title, reasons, level)
+
+    # -- runtime control ----------------------------------------------------------
+
+    async def disable(self, name: str) -> None:
+        """Stop a plugin and remember that it is disabled (across restarts)."""
+        await self._supervisor(name).stop(remember=True)
+
+    async def enable(self, name: str) -> None:
+        """Start a plugin that is disabled or failed (its dependencies must be
+        enabled) and remember that it is enabled."""
+        current = self._supervisor(name)
+        if current.state is PluginState.ENABLED:
+            return
+        unmet = [
+            dep
+            for dep in current.manifest.requires
+            if self._supervisor(dep).state is not PluginState.ENABLED
+        ]
+        if unmet:
+            raise PluginStateError(f"plugin {name!r} requires {', '.join(unmet)}: enable it first")
+        await self._launch(self._new_supervisor(name))
+
+    def _supervisor(self, name: str) -> PluginSupervisor:
+        try:
+            return self._supervisors[name]
+        except KeyError:
+            known = ", ".join(self._supervisors) or "none"
+            raise PluginStateError(f"no plugin named {name!r} (known: {known})") from None
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: plugins, schedules, health and metrics."""
+        services = self._services
+        schedules = services.scheduler.schedules if services else []
+        return {
+            "time": datetime.now(UTC).isoformat(),
+            "exit_code": int(self.exit_code),
+            "plugins": {
+                name: {
+                    "state": sup.state.value,
+                    "reason": sup.reason,
+                    "version": sup.manifest.version,
+                    "restarts": sup.restarts,
+                    "permissions": sorted(p.value for p in sup.manifest.permissions),
+                }
+                for name, sup in self._supervisors.items()
+            },
+            "schedules": [
+                {
+                    "name": schedule.name,
+                    "next_fire_time": (
+                        schedule.next_fire_time.isoformat() if schedule.next_fire_time else None
+                    ),
+                    "paused": schedule.paused,
+                    "running": schedule.running,
+                    **attrs.asdict(schedule.stats),
+                }
+                for schedule in schedules
+            ],
+            "health": self.health.current().to_dict(),
+            "metrics": self.metrics.snapshot(),
+        }
+
+    # -- the blocking entry point -------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> ExitCode:
+        """Run until SIGINT or SIGTERM; a second signal cancels at once."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as watchers:
+                async with self:
+                    task_status.started()
+                    async for signum in signals:
+                        log.info(
+                            "%s: stopping (again to stop at once)", signal.Signals(signum).name
+                        )
+                        break
+                    watchers.start_soon(self._cancel_on_second_signal, signals)
+                watchers.cancel_scope.cancel()
+        return self.exit_code
+
+    async def _cancel_on_second_signal(self, signals: Any) -> None:
+        async for signum in signals:
+            log.warning("%s again: cancelling now", signal.Signals(signum).name)
+            self.cancel()
+            return
+
+    def run(self) -> ExitCode:
+        """Run the kernel in this thread until a signal; returns the exit code."""
+        return trio.run(self.serve)
+
+
+def _structured(spec: PluginSpec) -> Any:
+    manifest = spec.manifest
+    if manifest.config is None or isinstance(spec.config, manifest.config):
+        return spec.config
+    return structure_config(
+        spec.config or {},
+        manifest.config,
+        source=spec.source,
+        prefix=key_path("plugins", spec.instance_name, "config"),
+    )

@@ -1,0 +1,297 @@
+"""Supervision of plugins, after Erlang/OTP's supervisor.
+
+Each enabled plugin runs under its own `PluginSupervisor` task, in its own
+nursery. A crash (an exception from ``on_enable``, ``run``, a background
+task or a message handler) is contained there: it never reaches the kernel
+or another plugin. What happens next is policy, pure and tested on its own:
+`should_restart` (OTP's permanent / transient / temporary) and
+`RestartBudget` (OTP's intensity and period, plus exponential backoff
+between restarts). Past the budget the plugin is marked failed, disabled,
+and the notifier says so.
+
+Stopping is graceful: intake stops (schedules pause, subscriptions end),
+``on_disable`` runs and runs in progress may finish until the grace period
+is over; then whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from kernel.health import HealthMonitor, HealthReport, Status
+from kernel.metrics import Metrics
+from kernel.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.ports import Bus, Level, Notifier, Storage
+from kernel.scheduler import Scheduler
+
+__all__ = ["KernelServices", "PluginState", "PluginSupervisor", "RestartBudget", "should_restart"]
+
+log = logging.getLogger("kernel.supervisor")
+
+
+class PluginState(enum.Enum):
+    INSTALLED = "installed"
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    FAILED = "failed"
+
+
+def should_restart(restart: Restart, *, crashed: bool) -> bool:
+    """OTP's restart types: permanent always, transient after a crash only,
+    temporary never."""
+    if restart is Restart.TEMPORARY:
+        return False
+    if restart is Restart.TRANSIENT:
+        return crashed
+    return True
+
+
+@attrs.define
+class RestartBudget:
+    """Counts restarts in a sliding period; answers how long to wait before
+    the next one, or None once ``max_restarts`` in ``period`` are spent."""
+
+    intensity: RestartIntensity
+    _restarts: deque[float] = attrs.field(factory=deque, init=False)
+
+    def next_delay(self, now: float) -> float | None:
+        intensity = self.intensity
+        while self._restarts and self._restarts[0] <= now - intensity.period:
+            self._restarts.popleft()
+        if len(self._restarts) >= intensity.max_restarts:
+            return None
+        delay = math.ldexp(intensity.backoff_initial, len(self._restarts))
+        self._restarts.append(now)
+        return min(delay, intensity.backoff_max)
+
+
+@attrs.define
+class KernelServices:
+    """What the kernel lends to every plugin supervisor."""
+
+    scheduler: Scheduler
+    storage: Storage
+    bus: Bus
+    notifier: Notifier
+    metrics: Metrics
+    health: HealthMonitor
+    record_state: Callable[[str, PluginState, str], Awaitable[None]]
+    shutdown_grace: float = 10.0
+    enable_timeout: float = 30.0
+
+
+class _Outcome(enum.Enum):
+    STOPPED = "stopped"  # a stop was asked for
+    EXITED = "exited"  # ``run`` returned
+
+
+class PluginSupervisor:
+    """Runs one plugin: start, watch, restart within budget, stop."""
+
+    def __init__(
+        self, name: str, plugin: Plugin, manifest: Manifest, config: Any, services: KernelServices
+    ) -> None:
+        self.name = name
+        self.plugin = plugin
+        self.manifest = manifest
+        self.config = config
+        self.state = PluginState.INSTALLED
+        self.reason = ""
+        self.restarts = 0
+        self.forced_stop = False  # the last stop ran past its grace period
+        self._services = services
+        self._stop_requested = False
+        self._remember_stop = True
+        self._ctx: PluginContext | None = None
+        self._wake = trio.Event()
+        self._stopped = trio.Event()
+        self._reported = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise until stopped or failed. ``task_status.started()`` is
+        called once the first start has settled (enabled, or crashed)."""
+        services = self._services
+        budget = RestartBudget(self.manifest.intensity)
+        restarts = services.metrics.counter("plugin_restarts", plugin=self.name)
+
+        def report() -> None:
+            if not self._reported:
+                self._reported = True
+                task_status.started()
+
+        try:
+            while not self._stop_requested:
+                self._wake = trio.Event()
+                error: Exception | None = None
+                try:
+                    outcome = await self._start_once(report)
+                except BaseException as exc:
+                    error = _first_error(exc)
+                    if error is None:
+                        raise
+                    outcome = None
+                report()
+                if outcome is _Outcome.STOPPED:
+                    break
+                crashed = error is not None
+                what = f"crashed: {type(error).__name__}: {error}" if error else "exited"
+                if not should_restart(self.manifest.restart, crashed=crashed):
+                    final = PluginState.FAILED if crashed else PluginState.DISABLED
+                    await self._set_state(final, what)
+                    if crashed:
+                        await self._alert(f"{what}; restart policy {self.manifest.restart.value}")
+                    return
+                delay = budget.next_delay(trio.current_time())
+                if delay is None:
+                    intensity = self.manifest.intensity
+                    await self._set_state(PluginState.FAILED, what)
+                    await self._alert(
+                        f"{what}; more than {intensity.max_restarts} restarts in"
+                        f" {intensity.period:g}s, so it is disabled"
+                    )
+                    return
+                self.restarts += 1
+                restarts.inc()
+                log.warning("plugin %r %s; restarting in %.3gs", self.name, what, delay)
+                await self._wait_or_stop(delay)
+            await self._set_state(PluginState.DISABLED, "disabled", persist=self._remember_stop)
+        finally:
+            report()
+            self._stopped.set()
+
+    async def stop(self, *, remember: bool = True) -> None:
+        """Stop gracefully (see the module docstring) and wait until done.
+        ``remember=False`` (a kernel shutdown) keeps the stored state as it
+        was, so the next start enables the plugin again."""
+        self._remember_stop = remember
+        self._stop_requested = True
+        self._wake.set()
+        await self._stopped.wait()
+
+    @property
+    def context(self) -> PluginContext | None:
+        """The running start's context (for tests and the status API)."""
+        return self._ctx if self.state is PluginState.ENABLED else None
+
+    # -- one start ---------------------------------------------------------------
+
+    async def _start_once(self, report: Callable[[], None]) -> _Outcome:
+        services = self._services
+        async with trio.open_nursery() as nursery:
+            ctx = PluginContext(
+                name=self.name,
+                manifest=self.manifest,
+                config=self.config,
+                scheduler=services.scheduler,
+                storage=services.storage,
+                bus=services.bus,
+                notifier=services.notifier,
+                metrics=services.metrics.scoped(plugin=self.name),
+                nursery=nursery,
+            )
+            self._ctx = ctx
+            try:
+                return await self._watch(ctx, nursery, report)
+            finally:
+                ctx._close()
+
+    async def _watch(
+        self, ctx: PluginContext, nursery: trio.Nursery, report: Callable[[], None]
+    ) -> _Outcome:
+        services = self._services
+        try:
+            with trio.fail_after(services.enable_timeout):
+                await self.plugin.on_enable(ctx)
+        except trio.TooSlowError:
+            raise TimeoutError(f"on_enable took longer than {services.enable_timeout:g}s") from None
+        await self._set_state(PluginState.ENABLED, "enabled")
+        report()
+        health = getattr(self.plugin, "health", None)
+        if health is not None:
+            services.health.register(self.name, _bind_check(health, ctx))
+        exited = False
+        try:
+            body = getattr(self.plugin, "run", None)
+            if body is not None:
+
+                async def run_body() -> None:
+                    nonlocal exited
+                    await body(ctx)
+                    exited = True
+                    self._wake.set()
+
+                nursery.start_soon(run_body, name=f"{self.name}: run")
+            await self._wake.wait()
+            await self._stop_gracefully(ctx)
+        finally:
+            services.health.unregister(self.name)
+        nursery.cancel_scope.cancel()
+        return _Outcome.EXITED if exited and not self._stop_requested else _Outcome.STOPPED
+
+    async def _stop_gracefully(self, ctx: PluginContext) -> None:
+        ctx._stop_intake()
+        grace = self._services.shutdown_grace
+        with trio.move_on_after(grace) as waited:
+            try:
+                await self.plugin.on_disable(ctx)
+            except Exception:
+                log.exception("plugin %r: on_disable failed", self.name)
+            await ctx._wait_runs_done()
+        self.forced_stop = waited.cancelled_caught
+        if self.forced_stop:
+            log.warning("plugin %r did not stop within %gs; cancelling it", self.name, grace)
+
+    async def _wait_or_stop(self, delay: float) -> None:
+        scheduler = self._services.scheduler
+        timer = scheduler.call_later(delay, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            scheduler.cancel_timer(timer)
+
+    async def _set_state(self, state: PluginState, reason: str, *, persist: bool = True) -> None:
+        self.state = state
+        self.reason = reason
+        if not persist:
+            return
+        with trio.CancelScope(shield=True):
+            await self._services.record_state(self.name, state, reason)
+
+    async def _alert(self, message: str) -> None:
+        log.error("plugin %r %s", self.name, message)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._services.notifier.notify(
+                    f"plugin {self.name} failed", message, Level.error
+                )
+            except Exception:
+                log.exception("plugin %r: the failure notification failed", self.name)
+
+
+def _bind_check(
+    health: Callable[[PluginContext], Awaitable[HealthReport | Status | bool]], ctx: PluginContext
+) -> Callable[[], Awaitable[HealthReport | Status | bool]]:
+    async def check() -> HealthReport | Status | bool:
+        return await health(ctx)
+
+    return check
+
+
+def _first_error(exc: BaseException) -> Exception | None:
+    """The first real error in ``exc`` (which may be an exception group), or
+    None when it holds only cancellation and other BaseExceptions."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, Exception) else None
