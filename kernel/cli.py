@@ -9,16 +9,25 @@ command with ``@main.command()``; it inherits the error style.
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
+import trio
 
+from kernel.config import KernelConfig, load_config
 from kernel.cron import CronExpression
-from kernel.errors import CronSyntaxError
+from kernel.discovery import load_plugin_factory, open_storage
+from kernel.errors import CronSyntaxError, KernelError
+from kernel.plugins import Manifest
+from kernel.runtime import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
+from kernel.status import StatusUnavailable, read_status, serve_status
 
 __all__ = ["KernelGroup", "main"]
 
@@ -127,3 +136,201 @@ def cron_command(expression: str, zone_name: str, count: int, start_text: str | 
         except (ValueError, OverflowError) as error:
             _fail(str(error), 1)
         click.echo(f"{moment.isoformat()} {moment:%a}")
+
+
+# -- the runner -----------------------------------------------------------------
+
+
+def _load(config_path: str) -> tuple[KernelConfig, list[PluginSpec]]:
+    """The config file and the plugins it names, or a one-line usage error."""
+    try:
+        config = load_config(config_path)
+        specs = []
+        for name, entry in config.plugins.items():
+            factory = load_plugin_factory(entry.use)
+            plugin = factory()
+            if not isinstance(getattr(type(plugin), "manifest", None), Manifest):
+                raise click.UsageError(
+                    f"plugin {name!r}: {entry.use!r} made a {type(plugin).__name__},"
+                    " which has no Manifest (is it a kernel.Plugin?)"
+                )
+            specs.append(
+                PluginSpec(
+                    plugin,  # type: ignore[arg-type]
+                    name=name,
+                    config=entry.config,
+                    enabled=entry.enabled,
+                    source=config.source,
+                )
+            )
+    except KernelError as error:
+        raise click.UsageError(str(error)) from None
+    return config, specs
+
+
+def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
+    settings = config.kernel
+    try:
+        return Kernel(
+            specs,
+            storage=settings.storage,
+            bus=settings.bus,
+            notifier=settings.notifier,
+            shutdown_grace=settings.shutdown_grace.total_seconds(),
+            health_interval=settings.health_interval.total_seconds(),
+        )
+    except KernelError as error:
+        raise click.UsageError(str(error)) from None
+
+
+async def _serve(kernel: Kernel, socket_path: Path | None) -> ExitCode:
+    async with trio.open_nursery() as nursery:
+        if socket_path is not None:
+            await nursery.start(serve_status, kernel, socket_path)
+        code = await kernel.serve()
+        nursery.cancel_scope.cancel()
+    return code
+
+
+@main.command("run")
+@click.argument("config_path", metavar="CONFIG.toml")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides [kernel] log_level.",
+)
+def run_command(config_path: str, log_level: str | None) -> None:
+    """Run the plugins of CONFIG.toml until SIGINT or SIGTERM.
+
+    Exit codes: 0 stopped cleanly; 1 the kernel failed; 2 bad configuration;
+    3 a second signal or a plugin past its grace period; 4 a plugin failed
+    past its restart budget.
+    """
+    config, specs = _load(config_path)
+    kernel = _kernel(config, specs)
+    level = (log_level or config.kernel.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    socket_path = config.kernel.status_socket
+    try:
+        code = trio.run(_serve, kernel, socket_path)
+    except Exception as raised:
+        error = _sole_error(raised)
+        if isinstance(error, KernelError):  # while starting: a plugin config, an adapter URL
+            _fail(str(error), ExitCode.USAGE)
+        logging.getLogger("kernel").debug("kernel failed", exc_info=True)
+        _fail(f"the kernel failed: {type(error).__name__}: {error}", ExitCode.ERROR)
+    sys.exit(int(code))
+
+
+def _sole_error(error: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@main.group("plugins", cls=KernelGroup)
+def plugins_group() -> None:
+    """Inspect the plugins of a configuration."""
+
+
+@plugins_group.command("ls")
+@click.argument("config_path", metavar="CONFIG.toml")
+def plugins_ls(config_path: str) -> None:
+    """List the plugins of CONFIG.toml: version, permissions and stored state."""
+    config, specs = _load(config_path)
+    try:
+        states = trio.run(_stored_states, config.kernel.storage, [s.instance_name for s in specs])
+    except KernelError as error:
+        _fail(str(error), ExitCode.USAGE)
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "VERSION", "STATE", "CONFIGURED", "PERMISSIONS", "USES")
+    ]
+    for spec, entry in zip(specs, config.plugins.values(), strict=True):
+        manifest = spec.manifest
+        rows.append(
+            (
+                spec.instance_name,
+                manifest.version,
+                states.get(spec.instance_name, "not installed"),
+                "enabled" if spec.enabled else "disabled",
+                ",".join(sorted(p.value for p in manifest.permissions)) or "-",
+                entry.use,
+            )
+        )
+    _table(rows)
+
+
+async def _stored_states(url: str, names: list[str]) -> dict[str, str]:
+    storage = await open_storage(url)
+    try:
+        states = {}
+        for name in names:
+            stored = await storage.get(STATE_NAMESPACE, f"plugin/{name}")
+            if isinstance(stored, dict) and isinstance(stored.get("state"), str):
+                states[name] = str(stored["state"])
+        return states
+    finally:
+        await storage.aclose()
+
+
+@main.command("status")
+@click.argument("config_path", metavar="[CONFIG.toml]", required=False)
+@click.option("--socket", "socket_option", metavar="PATH", help="The status socket to ask.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON status.")
+def status_command(config_path: str | None, socket_option: str | None, as_json: bool) -> None:
+    """Show health, plugins, schedules and metrics of a running kernel.
+
+    The kernel answers on the Unix socket named by [kernel] status_socket;
+    give the config file or --socket (default: kernel.sock here).
+    """
+    if socket_option:
+        path = Path(socket_option)
+    elif config_path:
+        configured = _load(config_path)[0].kernel.status_socket
+        if configured is None:
+            raise click.UsageError(f"{config_path} sets no [kernel] status_socket")
+        path = configured
+    else:
+        path = Path("kernel.sock")
+    try:
+        status = read_status(path)
+    except StatusUnavailable as error:
+        _fail(f"{error} (is `kernel run` going, with this status_socket?)", 1)
+    except OSError as error:
+        _fail(f"cannot read the status at {path}: {error}", 1)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    health = status["health"]
+    reasons = "; ".join(health.get("reasons", []))
+    click.echo(f"health: {health['status']}" + (f" ({reasons})" if reasons else ""))
+    rows: list[tuple[str, ...]] = [("PLUGIN", "STATE", "RESTARTS", "REASON")]
+    rows += [
+        (name, p["state"], str(p["restarts"]), p["reason"]) for name, p in status["plugins"].items()
+    ]
+    _table(rows)
+    rows = [("SCHEDULE", "NEXT FIRE", "RUNS", "FAILED", "SKIPPED", "MISSED")]
+    rows += [
+        (
+            s["name"],
+            s["next_fire_time"] or "-",
+            str(s["started"]),
+            str(s["failed"]),
+            str(s["skipped"]),
+            str(s["missed"]),
+        )
+        for s in status["schedules"]
+    ]
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+
+
+if __name__ == "__main__":
+    main()

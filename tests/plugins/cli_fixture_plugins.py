@@ -1,0 +1,30 @@
+"""Plugins the CLI tests run in a real `kernel run` process."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+
+from kernel import Every, Manifest, Plugin, PluginContext
+
+
+@attrs.frozen
+class TickerConfig:
+    every: timedelta = timedelta(milliseconds=50)
+
+
+class Ticker(Plugin):
+    manifest = Manifest(
+        "ticker", version="1.2.3", permissions=["storage-write"], config=TickerConfig
+    )
+
+    async def on_enable(self, ctx: PluginContext) -> None:
+        ctx.schedule(self.tick, Every(ctx.config.every), name="tick")
+
+    async def tick(self) -> None:
+        pass
+
+
+class NotAPlugin:
+    pass
