@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 import trio
 
-from kernel.config import KernelConfig, load_config
+from kernel.config import KernelConfig, load_config, parse_duration
 from kernel.cron import CronExpression
 from kernel.discovery import load_plugin_factory, open_storage
 from kernel.errors import CronSyntaxError, KernelError
@@ -183,13 +183,33 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
         raise click.UsageError(str(error)) from None
 
 
-async def _serve(kernel: Kernel, socket_path: Path | None) -> ExitCode:
+async def _serve(kernel: Kernel, socket_path: Path | None, stop_after: float | None) -> ExitCode:
     async with trio.open_nursery() as nursery:
         if socket_path is not None:
             await nursery.start(serve_status, kernel, socket_path)
+        if stop_after is not None:
+            await nursery.start(_stop_later, kernel, stop_after)
         code = await kernel.serve()
         nursery.cancel_scope.cancel()
     return code
+
+
+async def _stop_later(
+    kernel: Kernel, seconds: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    await trio.sleep(seconds)
+    logging.getLogger("kernel").info("--stop-after %gs reached: stopping", seconds)
+    kernel.request_stop()
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @main.command("run")
@@ -199,7 +219,13 @@ async def _serve(kernel: Kernel, socket_path: Path | None) -> ExitCode:
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Overrides [kernel] log_level.",
 )
-def run_command(config_path: str, log_level: str | None) -> None:
+@click.option(
+    "--stop-after",
+    metavar="DURATION",
+    callback=_duration,
+    help="Stop gracefully after this long (e.g. 30s, 5m): for demos and smoke tests.",
+)
+def run_command(config_path: str, log_level: str | None, stop_after: float | None) -> None:
     """Run the plugins of CONFIG.toml until SIGINT or SIGTERM.
 
     Exit codes: 0 stopped cleanly; 1 the kernel failed; 2 bad configuration;
@@ -212,7 +238,7 @@ def run_command(config_path: str, log_level: str | None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     socket_path = config.kernel.status_socket
     try:
-        code = trio.run(_serve, kernel, socket_path)
+        code = trio.run(_serve, kernel, socket_path, stop_after)
     except Exception as raised:
         error = _sole_error(raised)
         if isinstance(error, KernelError):  # while starting: a plugin config, an adapter URL

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
@@ -150,6 +150,7 @@ class Kernel:
         self._nursery: trio.Nursery | None = None
         self._services: KernelServices | None = None
         self._shutdown_scope = trio.CancelScope()
+        self._stop_requested = trio.Event()
         self._specs = {spec.instance_name: spec for spec in self.specs}
         self._configs: dict[str, Any] = {}
         self._validate()
@@ -420,25 +421,32 @@ class Kernel:
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> ExitCode:
-        """Run until SIGINT or SIGTERM; a second signal cancels at once."""
+        """Run until `request_stop`, SIGINT or SIGTERM; a second signal
+        cancels at once."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as watchers:
                 async with self:
+                    watchers.start_soon(self._watch_signals, signals)
                     task_status.started()
-                    async for signum in signals:
-                        log.info(
-                            "%s: stopping (again to stop at once)", signal.Signals(signum).name
-                        )
-                        break
-                    watchers.start_soon(self._cancel_on_second_signal, signals)
+                    await self._stop_requested.wait()
                 watchers.cancel_scope.cancel()
         return self.exit_code
 
-    async def _cancel_on_second_signal(self, signals: Any) -> None:
+    def request_stop(self) -> None:
+        """Ask `serve` to shut down gracefully (thread-unsafe: call it on the
+        kernel's trio thread)."""
+        self._stop_requested.set()
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
-            log.warning("%s again: cancelling now", signal.Signals(signum).name)
-            self.cancel()
-            return
+            name = signal.Signals(signum).name
+            if not self._stop_requested.is_set():
+                log.info("%s: stopping (send it again to stop at once)", name)
+                self.request_stop()
+            else:
+                log.warning("%s again: cancelling now", name)
+                self.cancel()
+                return
 
     def run(self) -> ExitCode:
         """Run the kernel in this thread until a signal; returns the exit code."""

@@ -142,3 +142,29 @@ def test_run_status_and_graceful_stop(tmp_path: Path, env: dict[str, str]) -> No
             process.kill()
         process.wait()
         process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_stop_after_ends_the_run_cleanly(tmp_path: Path, env: dict[str, str]) -> None:
+    config = tmp_path / "kernel.toml"
+    config.write_text(GOOD.format(socket=tmp_path / "k.sock"))
+    done = subprocess.run(
+        [sys.executable, "-m", "kernel.cli", "run", str(config), "--stop-after", "500ms"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--stop-after 0.5s reached: stopping" in done.stderr
+    assert "tick: ok" in done.stderr
+    assert "kernel stopped" in done.stderr
+
+
+def test_bad_stop_after_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    config = tmp_path / "kernel.toml"
+    config.write_text(GOOD.format(socket=tmp_path / "k.sock"))
+    code, _, stderr = invoke("run", str(config), "--stop-after", "soon")
+    assert code == 2
+    assert stderr.startswith("error: Invalid value for '--stop-after'")
+    assert stderr.count("\n") == 1
