@@ -142,7 +142,12 @@ def cron_command(expression: str, zone_name: str, count: int, start_text: str | 
 
 
 def _load(config_path: str) -> tuple[KernelConfig, list[PluginSpec]]:
-    """The config file and the plugins it names, or a one-line usage error."""
+    """The config file and the plugins it names, or a one-line usage error.
+
+    Like ``python -m`` (and uvicorn), the working directory is importable, so
+    ``use = "mymodule:MyPlugin"`` finds a module next to where you run."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         config = load_config(config_path)
         specs = []

@@ -207,7 +207,7 @@ class Schedule:
         action = decide_overlap(self.overlap, running=len(self._running), queued=self._queued)
         if action is OverlapAction.SKIP:
             self.stats.skipped += 1
-            log.debug("schedule %r: slot skipped, previous run still going", self.name)
+            log.info("schedule %r: slot skipped, the previous run is still going", self.name)
         elif action is OverlapAction.QUEUE:
             self._queued += 1
         else:
