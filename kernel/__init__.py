@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kernel.clock import Clock
 from kernel.cron import CronExpression
+from kernel.embedding import KernelThread, embed_in_asyncio
 from kernel.errors import (
     ConfigError,
     CronSyntaxError,
@@ -61,6 +62,7 @@ __all__ = [
     "HealthReport",
     "Kernel",
     "KernelError",
+    "KernelThread",
     "Level",
     "Manifest",
     "Message",
@@ -90,6 +92,7 @@ __all__ = [
     "Timer",
     "TimerWheel",
     "Trigger",
+    "embed_in_asyncio",
     "open_scheduler",
 ]
 

@@ -236,9 +236,11 @@ class Kernel:
         try:
             with self._shutdown_scope:
                 await self.shutdown()
-        except BaseException:
+        except BaseException as stopped:
+            # cancelled by `cancel()` (our own nursery swallows that) or failed
             nursery.cancel_scope.cancel()
-            await stack.__aexit__(exc_type, exc, tb)
+            if await stack.__aexit__(type(stopped), stopped, stopped.__traceback__):
+                return None
             raise
         finally:
             self._services = None

@@ -492,3 +492,23 @@ class TestPolicies:
         delays = [budget.next_delay(t) for t in range(10)]
         assert delays[-1] == 30
         assert delays == sorted(delays)  # type: ignore[type-var]
+
+
+async def test_cancel_during_graceful_shutdown_stays_inside_the_kernel(
+    autojump_clock: MockClock,
+) -> None:
+    class CancelsTheKernel(Plugin):
+        manifest = Manifest("canceller")
+        target: Kernel
+
+        async def on_disable(self, ctx: PluginContext) -> None:
+            await trio.sleep(1)
+            self.target.cancel()
+            await trio.sleep_forever()
+
+    plugin = CancelsTheKernel()
+    k = kernel(plugin, shutdown_grace=1000)
+    plugin.target = k
+    async with k:  # no nursery around it: a stray Cancelled would fail the test
+        pass
+    assert k.exit_code is ExitCode.FORCED
