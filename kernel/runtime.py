@@ -32,7 +32,7 @@ from kernel.discovery import open_bus, open_notifier, open_storage
 from kernel.errors import PluginDependencyError, PluginStateError
 from kernel.health import HealthMonitor, HealthTransition
 from kernel.metrics import Metrics
-from kernel.plugins import Manifest, Plugin, PluginContext
+from kernel.plugins import Manifest, Plugin
 from kernel.ports import Bus, Level, Notifier, Storage
 from kernel.scheduler import Scheduler
 from kernel.supervisor import KernelServices, PluginState, PluginSupervisor
@@ -320,16 +320,8 @@ class Kernel:
     async def _install(self, supervisor: PluginSupervisor) -> None:
         services = self._require_services()
         async with trio.open_nursery() as nursery:
-            ctx = PluginContext(
-                name=supervisor.name,
-                manifest=supervisor.manifest,
-                config=supervisor.config,
-                scheduler=services.scheduler,
-                storage=services.storage,
-                bus=services.bus,
-                notifier=services.notifier,
-                metrics=services.metrics.scoped(plugin=supervisor.name),
-                nursery=nursery,
+            ctx = services.plugin_context(
+                supervisor.name, supervisor.manifest, supervisor.config, nursery
             )
             await supervisor.plugin.on_install(ctx)
             nursery.cancel_scope.cancel()

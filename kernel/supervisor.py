@@ -87,6 +87,22 @@ class KernelServices:
     shutdown_grace: float = 10.0
     enable_timeout: float = 30.0
 
+    def plugin_context(
+        self, name: str, manifest: Manifest, config: Any, nursery: trio.Nursery
+    ) -> PluginContext:
+        """The context for one start (or the install) of plugin ``name``."""
+        return PluginContext(
+            name=name,
+            manifest=manifest,
+            config=config,
+            scheduler=self.scheduler,
+            storage=self.storage,
+            bus=self.bus,
+            notifier=self.notifier,
+            metrics=self.metrics.scoped(plugin=name),
+            nursery=nursery,
+        )
+
 
 class _Outcome(enum.Enum):
     STOPPED = "stopped"  # a stop was asked for
@@ -186,17 +202,7 @@ class PluginSupervisor:
     async def _start_once(self, report: Callable[[], None]) -> _Outcome:
         services = self._services
         async with trio.open_nursery() as nursery:
-            ctx = PluginContext(
-                name=self.name,
-                manifest=self.manifest,
-                config=self.config,
-                scheduler=services.scheduler,
-                storage=services.storage,
-                bus=services.bus,
-                notifier=services.notifier,
-                metrics=services.metrics.scoped(plugin=self.name),
-                nursery=nursery,
-            )
+            ctx = services.plugin_context(self.name, self.manifest, self.config, nursery)
             self._ctx = ctx
             try:
                 return await self._watch(ctx, nursery, report)

@@ -38,23 +38,13 @@ from kernel.config import load_config, structure_config
 from kernel.discovery import load_plugin_factory
 from kernel.ports import Level, Message
 from kernel.storage_memory import MemoryStorage
+from kernel.testing import RecordingNotifier
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # a Thursday
 PARIS = ZoneInfo("Europe/Paris")
 HOUR = 3600
 DAY = 24 * HOUR
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, Level]] = []
-
-    async def notify(self, title: str, message: str, level: Level = Level.info) -> None:
-        self.sent.append((title, message, level))
-
-    async def aclose(self) -> None:
-        pass
 
 
 class Listener(Plugin):

@@ -32,19 +32,9 @@ from kernel import (
 from kernel.ports import JSON, Level, Message
 from kernel.storage_memory import MemoryStorage
 from kernel.supervisor import RestartBudget, should_restart
+from kernel.testing import RecordingNotifier
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, Level]] = []
-
-    async def notify(self, title: str, message: str, level: Level = Level.info) -> None:
-        self.sent.append((title, message, level))
-
-    async def aclose(self) -> None:
-        pass
 
 
 def kernel(*plugins: Plugin | PluginSpec, **options: Any) -> Kernel:

@@ -14,7 +14,8 @@ as a fixture (``docs/ports.md`` has a runnable example)::
             await storage.aclose()
 
 The suites need pytest and pytest-trio; they are imported on first use, so
-``import kernel.testing`` itself does not import pytest.
+``import kernel.testing`` itself does not import pytest. `RecordingNotifier`
+keeps what a plugin (or the kernel) notified, for assertions.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import importlib
 import sys
 from typing import TYPE_CHECKING
 
+from kernel.testing.recording import RecordingNotifier
+
 if TYPE_CHECKING:
     from kernel.testing.bus_contract import BusContract
     from kernel.testing.notifier_contract import NotifierContract
     from kernel.testing.storage_contract import StorageContract
 
-__all__ = ["BusContract", "NotifierContract", "StorageContract"]
+__all__ = ["BusContract", "NotifierContract", "RecordingNotifier", "StorageContract"]
 
 _LAZY = {
     "BusContract": "kernel.testing.bus_contract",
