@@ -66,6 +66,10 @@ class ScheduleStats:
     cancelled: int = 0
 
 
+_DEFAULT_MISFIRE = RunOnce()
+_DEFAULT_OVERLAP = SkipIfRunning()
+
+
 class Schedule:
     """A function bound to a trigger, with its misfire and overlap policies.
 
@@ -73,6 +77,26 @@ class Schedule:
     `cancel`, and to see ``next_fire_time``, ``last_fire_time`` and `stats`.
     Fire times are the trigger's exact slots; jitter only delays the run.
     """
+
+    __slots__ = (
+        "_fire_at",
+        "_idle",
+        "_nursery",
+        "_queued",
+        "_running",
+        "_scheduler",
+        "_timer",
+        "cancelled",
+        "func",
+        "last_fire_time",
+        "misfire",
+        "name",
+        "next_fire_time",
+        "overlap",
+        "paused",
+        "stats",
+        "trigger",
+    )
 
     def __init__(
         self,
@@ -99,10 +123,9 @@ class Schedule:
         self._nursery = nursery
         self._timer: Timer[Callback] | None = None
         self._fire_at: datetime | None = None  # next_fire_time plus its jitter
-        self._running: set[trio.CancelScope] = set()
+        self._running: list[trio.CancelScope] = []  # a few at most: a list is lighter
         self._queued = 0
-        self._idle = trio.Event()
-        self._idle.set()
+        self._idle: trio.Event | None = None  # made only while someone waits
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled else "paused" if self.paused else "active"
@@ -145,7 +168,10 @@ class Schedule:
 
     async def wait_idle(self) -> None:
         """Wait until no run of this schedule is in progress or queued."""
-        await self._idle.wait()
+        if self._running or self._queued:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
 
     # -- planning (called on the driver task) --------------------------------
 
@@ -221,16 +247,14 @@ class Schedule:
         if nursery is None:  # pragma: no cover - the driver always has one
             raise RuntimeError("the scheduler is not running")
         scope = trio.CancelScope()
-        self._running.add(scope)
-        if self._idle.is_set():
-            self._idle = trio.Event()
+        self._running.append(scope)
         try:
             nursery.start_soon(self._run, scope, name=f"schedule {self.name}")
         except RuntimeError:
             # the owner's nursery is closing: the schedule goes with it
-            self._running.discard(scope)
+            self._running.remove(scope)
             self.cancel()
-            self._idle.set()
+            self._after_run()
 
     async def _run(self, scope: trio.CancelScope) -> None:
         self.stats.started += 1
@@ -251,7 +275,7 @@ class Schedule:
             self._queued = 0
             raise
         finally:
-            self._running.discard(scope)
+            self._running.remove(scope)
             self._after_run()
 
     def _after_run(self) -> None:
@@ -259,8 +283,9 @@ class Schedule:
         if self._queued and not self.cancelled and len(self._running) < limit:
             self._queued -= 1
             self._start()
-        elif not self._running and not self._queued:
+        elif not self._running and not self._queued and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
 
 class Scheduler:
@@ -349,7 +374,9 @@ class Scheduler:
         """
         if not callable(func):
             raise TypeError(f"add_schedule needs a callable, got {func!r}")
-        if not isinstance(trigger, Trigger):
+        # duck-typed: an isinstance() against the runtime-checkable Protocol
+        # costs microseconds per schedule
+        if not callable(getattr(trigger, "next_fire_after", None)):
             raise TypeError(f"add_schedule needs a trigger, got {trigger!r}")
         now = self.clock.now()
         self._names += 1
@@ -358,8 +385,8 @@ class Scheduler:
             func,
             _anchor(trigger, now),
             name=name or getattr(func, "__qualname__", None) or f"schedule-{self._names}",
-            misfire=misfire if misfire is not None else RunOnce(),
-            overlap=overlap if overlap is not None else SkipIfRunning(),
+            misfire=misfire if misfire is not None else _DEFAULT_MISFIRE,
+            overlap=overlap if overlap is not None else _DEFAULT_OVERLAP,
             nursery=nursery,
         )
         self._schedules[id(schedule)] = schedule
