@@ -6,10 +6,12 @@ packages use only these names (plus `kernel.ports` and `kernel.testing`).
 
 from __future__ import annotations
 
+from kernel.breaker import BreakerState, CircuitBreaker
 from kernel.clock import Clock
 from kernel.cron import CronExpression
 from kernel.embedding import KernelThread, embed_in_asyncio
 from kernel.errors import (
+    CircuitOpen,
     ConfigError,
     CronSyntaxError,
     KernelError,
@@ -21,6 +23,7 @@ from kernel.health import HealthMonitor, HealthReport, Status
 from kernel.metrics import Metrics
 from kernel.plugins import Manifest, Permission, Plugin, PluginContext, Restart, RestartIntensity
 from kernel.ports import Bus, Level, Message, Notifier, Storage
+from kernel.retry import Jitter, RetryPolicy
 from kernel.runtime import ExitCode, Kernel, PluginSpec
 from kernel.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
 from kernel.supervisor import PluginState
@@ -48,9 +51,12 @@ __all__ = [
     "AllowOverlap",
     "AnyOf",
     "At",
+    "BreakerState",
     "Bus",
     "CancelRunning",
     "CatchUp",
+    "CircuitBreaker",
+    "CircuitOpen",
     "Clock",
     "ConfigError",
     "Cron",
@@ -60,6 +66,7 @@ __all__ = [
     "ExitCode",
     "HealthMonitor",
     "HealthReport",
+    "Jitter",
     "Kernel",
     "KernelError",
     "KernelThread",
@@ -81,6 +88,7 @@ __all__ = [
     "QueueOne",
     "Restart",
     "RestartIntensity",
+    "RetryPolicy",
     "RunOnce",
     "Schedule",
     "ScheduleStats",

@@ -375,3 +375,129 @@ class ConfigError(KernelError, ValueError):
 
 
 __all__ += ["ConfigError"]
+
+
+# --- retries and circuit breakers (kernel.retry, kernel.breaker) ------------
+
+
+class InvalidRetryPolicy(KernelError, ValueError):
+    """A retry policy that cannot be built: a ``field`` holding an unusable
+    ``value`` (a factor below 1, an unknown exception name in stored JSON...)
+    for the human ``reason``."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid retry policy: {self.field}={self.value!r}: {self.reason}"
+
+
+class InvalidCircuitBreaker(KernelError, ValueError):
+    """A circuit breaker configured wrongly: the breaker's ``name``, the
+    ``field`` (``"failure_rate"``...), its ``value`` and the human ``reason``."""
+
+    def __init__(self, name: object, field: str, value: object, reason: str) -> None:
+        self.name = name
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.name!r}: {self.field}={self.value!r}: {self.reason}"
+
+
+class CircuitOpen(KernelError):
+    """A call rejected by the circuit breaker ``name`` without being made.
+
+    ``state`` is ``"open"`` (the breaker half-opens in ``retry_after``
+    seconds) or ``"half-open"`` (all its probe calls are taken; ``retry_after``
+    is 0 because the probes, not the clock, decide what comes next).
+    """
+
+    def __init__(self, name: str, retry_after: float, *, state: str = "open") -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.state = state
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.state == "open":
+            seconds = f"{self.retry_after:.3f}".rstrip("0").rstrip(".")
+            return (
+                f"circuit breaker {self.name!r} is open: calls are rejected for"
+                f" another {seconds} s, then it half-opens"
+            )
+        return (
+            f"circuit breaker {self.name!r} is {self.state} and its probe calls are all"
+            f" taken: try again when they have finished"
+        )
+
+
+__all__ += ["CircuitOpen", "InvalidCircuitBreaker", "InvalidRetryPolicy"]
+
+
+# --- jobs and the SQLite storage (kernel.jobs, kernel.storage_sqlite) --------
+
+
+class InvalidJob(KernelError, ValueError):
+    """A job field, or an argument of a job-store call, that no store may
+    accept: a naive datetime, a negative lease, an empty queue name, a
+    record in the wrong state for the call.
+
+    Carries the ``field`` (``"run_at"``, ``"lease"``, ``"job_id"``...), the
+    offending ``value`` and a human ``reason``; raised before anything is
+    stored, so a refused call changes nothing.
+    """
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"invalid job {self.field} {self.value!r:.200}: {self.reason}"
+
+
+class JobConflict(StorageError):
+    """A job-store write that would break a uniqueness rule: a job ``job_id``
+    that is already stored, or a dead job requeued while another live job
+    holds its dedup key. Nothing was changed."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r}: {self.reason}"
+
+
+class SchemaVersionError(StorageError):
+    """A database whose schema is newer than this trio-kernel knows (written
+    by a later release): refused at open, before anything is read or written,
+    instead of failing later on a missing or changed column.
+
+    Carries the database ``location``, the ``found`` version and the newest
+    ``supported`` one.
+    """
+
+    def __init__(self, location: str, found: int, supported: int) -> None:
+        self.location = location
+        self.found = found
+        self.supported = supported
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"database {self.location} has schema version {self.found}, but this trio-kernel "
+            f"supports versions up to {self.supported}: it was written by a newer release; "
+            f"upgrade trio-kernel (or open a copy made before the upgrade)"
+        )
+
+
+__all__ += ["InvalidJob", "JobConflict", "SchemaVersionError"]
