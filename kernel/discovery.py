@@ -276,7 +276,10 @@ STORAGE_ADAPTERS = AdapterRegistry(
     "storage",
     STORAGE_GROUP,
     Storage,
-    {"memory": "kernel.storage_memory:open_memory_storage"},
+    {
+        "memory": "kernel.storage_memory:open_memory_storage",
+        "sqlite": "kernel.storage_sqlite:open_sqlite_storage",
+    },
 )
 BUS_ADAPTERS = AdapterRegistry(
     "bus",

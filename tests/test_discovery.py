@@ -288,7 +288,7 @@ async def test_the_module_level_functions_read_installed_entry_points(
     monkeypatch.setattr(importlib.metadata, "entry_points", patched)
     opened = await open_storage("installed://x")
     assert isinstance(opened, FakeStorage)
-    assert discovery.STORAGE_ADAPTERS.schemes() == ["installed", "memory"]
+    assert discovery.STORAGE_ADAPTERS.schemes() == ["installed", "memory", "sqlite"]
 
 
 # -- plugins -----------------------------------------------------------------------

@@ -28,13 +28,21 @@ from kernel.testing.recording import RecordingNotifier
 
 if TYPE_CHECKING:
     from kernel.testing.bus_contract import BusContract
+    from kernel.testing.jobstore_contract import JobStoreContract
     from kernel.testing.notifier_contract import NotifierContract
     from kernel.testing.storage_contract import StorageContract
 
-__all__ = ["BusContract", "NotifierContract", "RecordingNotifier", "StorageContract"]
+__all__ = [
+    "BusContract",
+    "JobStoreContract",
+    "NotifierContract",
+    "RecordingNotifier",
+    "StorageContract",
+]
 
 _LAZY = {
     "BusContract": "kernel.testing.bus_contract",
+    "JobStoreContract": "kernel.testing.jobstore_contract",
     "NotifierContract": "kernel.testing.notifier_contract",
     "StorageContract": "kernel.testing.storage_contract",
 }
