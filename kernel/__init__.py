@@ -23,6 +23,7 @@ from kernel.health import HealthMonitor, HealthReport, Status
 from kernel.metrics import Metrics
 from kernel.plugins import Manifest, Permission, Plugin, PluginContext, Restart, RestartIntensity
 from kernel.ports import Bus, Level, Message, Notifier, Storage
+from kernel.queue import JobQueue, RateLimit
 from kernel.retry import Jitter, RetryPolicy
 from kernel.runtime import ExitCode, Kernel, PluginSpec
 from kernel.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
@@ -67,6 +68,7 @@ __all__ = [
     "HealthMonitor",
     "HealthReport",
     "Jitter",
+    "JobQueue",
     "Kernel",
     "KernelError",
     "KernelThread",
@@ -86,6 +88,7 @@ __all__ = [
     "PluginState",
     "PluginStateError",
     "QueueOne",
+    "RateLimit",
     "Restart",
     "RestartIntensity",
     "RetryPolicy",

@@ -501,3 +501,51 @@ class SchemaVersionError(StorageError):
 
 
 __all__ += ["InvalidJob", "JobConflict", "SchemaVersionError"]
+
+
+# --- the work queue (kernel.queue) -------------------------------------------
+
+
+class UnknownTask(KernelError, LookupError):
+    """A job names a ``task`` that was never registered with the queue; the
+    ``known`` task names are listed so the message says what exists."""
+
+    def __init__(self, task: object, known: list[str]) -> None:
+        self.task = task
+        self.known = known
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        known = ", ".join(repr(name) for name in self.known) or "none"
+        return (
+            f"unknown task {self.task!r}: register it with JobQueue.register or "
+            f"@queue.task first (registered: {known})"
+        )
+
+
+class DuplicateTask(KernelError, ValueError):
+    """A task ``name`` registered twice with the queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"task {self.name!r} is already registered"
+
+
+class JobTimedOut(KernelError):
+    """One attempt of job ``job_id`` (task ``task``) ran longer than its
+    ``timeout`` (seconds) and was cancelled: a failure, retried like any other."""
+
+    def __init__(self, job_id: str, task: str, timeout: float) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.timeout = timeout
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} ({self.task}) timed out after {self.timeout:g}s"
+
+
+__all__ += ["DuplicateTask", "JobTimedOut", "UnknownTask"]

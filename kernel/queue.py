@@ -1,0 +1,756 @@
+"""The priority work queue: named tasks, run from a `JobStore` by bounded workers.
+
+`JobQueue` is the plumbing around three pieces of pure policy: the store's
+claim order (priority with aging, `kernel.jobs.claim_order`), the retry
+policy (`kernel.retry.RetryPolicy`) and the circuit breaker
+(`kernel.breaker.CircuitBreaker`). Its shape follows Oban, Hangfire and
+Celery: tasks are registered by name, a job is one call of a task with JSON
+arguments, and workers claim jobs under a lease they renew by heartbeat, so
+a crashed process's jobs are reclaimed (`JobStore.reap_expired`).
+
+Time lives on the scheduler's timer wheel, as everywhere in the kernel: each
+queue keeps at most one wheel timer (at the store's ``next_due`` or when its
+rate limit frees a slot), and one wheel-driven loop renews every lease and
+one reaps expired ones. No task here sleeps with ``trio.sleep``.
+
+`RateLimit` and `RateWindow` are the pure rate arithmetic: a sliding log
+(at most ``count`` starts in any interval of length ``per``), exact rather
+than the approximate token bucket, so "10 per minute" means exactly that.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+import traceback
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import attrs
+import trio
+
+from kernel.breaker import CircuitBreaker
+from kernel.clock import Clock
+from kernel.errors import DuplicateTask, InvalidJob, JobTimedOut, UnknownTask
+from kernel.jobs import JobRecord, JobState, JobStore, utc_datetime, validate_name
+from kernel.metrics import Metrics
+from kernel.ports import JSON, Bus, copy_json
+from kernel.retry import Outcome, RetryPolicy
+from kernel.scheduler import Scheduler
+from kernel.wheel import Timer
+
+__all__ = ["BREAKER_FLOOR", "JobQueue", "QueueConfig", "RateLimit", "RateWindow", "TaskSpec"]
+
+log = logging.getLogger("kernel.queue")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The least a job waits when its task's breaker rejects it: a half-open
+#: breaker whose probes are all taken says ``retry_after == 0``, and waiting
+#: zero would spin.
+BREAKER_FLOOR: Final = timedelta(seconds=1)
+
+_DEFAULT_POLICY: Final = RetryPolicy()
+
+
+def _default_worker() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+# ---------------------------------------------------------------------------
+# Rate limits (pure)
+# ---------------------------------------------------------------------------
+
+
+def _check_count(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidJob("rate_limit.count", value, "must be an int >= 1")
+
+
+def _check_per(_instance: object, _attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise InvalidJob("rate_limit.per", value, "must be a positive timedelta")
+
+
+@attrs.frozen
+class RateLimit:
+    """At most ``count`` job starts in any interval of length ``per``."""
+
+    count: int = attrs.field(validator=_check_count)
+    per: timedelta = attrs.field(validator=_check_per)
+
+
+@attrs.define
+class RateWindow:
+    """The state of one `RateLimit`: a sliding log of start times (seconds on
+    any monotonic clock, trio's here). A start at ``t`` occupies a slot during
+    ``[t, t + per)``; memory is at most ``count`` floats.
+
+    Pure: no trio, the caller passes ``now``. Times must not go backwards.
+    """
+
+    limit: RateLimit
+    _starts: deque[float] = attrs.field(factory=deque, init=False)
+
+    def _forget(self, now: float) -> None:
+        per = self.limit.per.total_seconds()
+        starts = self._starts
+        while starts and starts[0] + per <= now:
+            starts.popleft()
+
+    def available(self, now: float) -> int:
+        """How many starts are allowed at ``now``."""
+        self._forget(now)
+        return self.limit.count - len(self._starts)
+
+    def next_free(self, now: float) -> float:
+        """The earliest time (>= ``now``) at which a start is allowed."""
+        if self.available(now) > 0:
+            return now
+        return self._starts[0] + self.limit.per.total_seconds()
+
+    def acquire(self, now: float) -> bool:
+        """Record a start at ``now`` if one is allowed; whether it was."""
+        if self.available(now) <= 0:
+            return False
+        self._starts.append(now)
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Registry and per-queue state
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TaskSpec:
+    """A registered task: the function and how its jobs run."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str = "default"
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    breaker: CircuitBreaker | None = None
+    rate_limit: RateLimit | None = None
+
+
+@attrs.frozen
+class QueueConfig:
+    """How one queue is worked: concurrency, rate limit and aging."""
+
+    name: str
+    concurrency: int = 1
+    rate_limit: RateLimit | None = None
+    aging: timedelta | None = timedelta(seconds=60)
+
+
+@attrs.define(eq=False)
+class _Running:
+    job: JobRecord
+    scope: trio.CancelScope
+    cancelled_by_user: bool = False
+
+
+@attrs.define(eq=False)
+class _QueueState:
+    config: QueueConfig
+    window: RateWindow | None
+    paused: bool = False
+    running: dict[str, _Running] = attrs.field(factory=dict)
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    timer: Timer[Callable[[], None]] | None = None
+    timer_at: float = math.inf
+    due_hint: datetime | None = None
+    serving: bool = False
+
+
+def _positive_seconds(field: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidJob(field, value, "must be seconds (a float) or a timedelta")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidJob(field, value, "must be a positive, finite number of seconds")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------
+# The queue
+# ---------------------------------------------------------------------------
+
+
+class JobQueue:
+    """Register tasks, `enqueue` jobs, and `run` the workers of every queue.
+
+    ``lease`` is how long a claimed job is ours without a heartbeat;
+    ``heartbeat`` how often the leases of running jobs are renewed (keep it
+    well under ``lease``); ``reap_every`` how often expired leases (of
+    crashed workers, ours included) are put back in the queue. ``rng`` makes
+    retry jitter reproducible.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        *,
+        bus: Bus | None = None,
+        metrics: Metrics | None = None,
+        worker: str | None = None,
+        lease: timedelta = timedelta(seconds=30),
+        heartbeat: timedelta = timedelta(seconds=10),
+        reap_every: timedelta = timedelta(seconds=15),
+        rng: random.Random | None = None,
+    ) -> None:
+        for field, value in (("lease", lease), ("heartbeat", heartbeat)):
+            _positive_seconds(field, value)
+        _positive_seconds("reap_every", reap_every)
+        if heartbeat >= lease:
+            raise InvalidJob("heartbeat", heartbeat, f"must be shorter than the lease ({lease})")
+        self.store = store
+        self.scheduler = scheduler
+        self.bus = bus
+        self.metrics = metrics
+        self.worker = validate_name("worker", worker if worker is not None else _default_worker())
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.reap_every = reap_every
+        self.rng = rng if rng is not None else random.Random()
+        self._tasks: dict[str, TaskSpec] = {}
+        self._names_by_func: dict[int, str] = {}
+        self._task_windows: dict[str, RateWindow | None] = {}
+        self._queues: dict[str, _QueueState] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.scheduler.clock
+
+    # -- registry ------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *,
+        queue: str = "default",
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> TaskSpec:
+        """Register ``func`` (async or sync, called with the job's JSON
+        args/kwargs) as task ``name``. A sync function runs on the trio
+        thread: make it quick, or make it async and use ``trio.to_thread``."""
+        validate_name("task", name)
+        validate_name("queue", queue)
+        if not callable(func):
+            raise TypeError(f"register needs a callable, got {func!r}")
+        if name in self._tasks:
+            raise DuplicateTask(name)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
+        spec = TaskSpec(
+            name,
+            func,
+            queue=queue,
+            retry=retry,
+            timeout=_positive_seconds("timeout", timeout),
+            breaker=breaker,
+            rate_limit=rate_limit,
+        )
+        self._tasks[name] = spec
+        self._names_by_func[id(func)] = name
+        self._task_windows[name] = None if rate_limit is None else RateWindow(rate_limit)
+        return spec
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of `register`; the name defaults to the function's
+        ``module.qualname``. The function is returned unchanged, and may be
+        passed to `enqueue` in place of its name."""
+
+        def decorate(func: F) -> F:
+            self.register(
+                name or f"{func.__module__}.{func.__qualname__}",
+                func,
+                queue=queue,
+                retry=retry,
+                timeout=timeout,
+                breaker=breaker,
+                rate_limit=rate_limit,
+            )
+            return func
+
+        return decorate
+
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        return dict(self._tasks)
+
+    # -- queues --------------------------------------------------------------
+
+    def configure(
+        self,
+        queue_name: str,
+        *,
+        concurrency: int = 1,
+        rate_limit: RateLimit | None = None,
+        aging: timedelta | None = timedelta(seconds=60),
+    ) -> QueueConfig:
+        """Set how ``queue_name`` is worked (also while running). A queue that
+        is enqueued to without being configured gets the defaults."""
+        validate_name("queue", queue_name)
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise InvalidJob("concurrency", concurrency, "must be an int >= 1")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
+        if aging is not None:
+            _positive_seconds("aging", aging)
+        config = QueueConfig(queue_name, concurrency, rate_limit, aging)
+        state = self._queues.get(queue_name)
+        window = None if rate_limit is None else RateWindow(rate_limit)
+        if state is None:
+            state = self._queues[queue_name] = _QueueState(config, window)
+        else:
+            if state.config.rate_limit != rate_limit:
+                state.window = window
+            state.config = config
+        self._start_serving(state)
+        self._wake(queue_name)
+        return config
+
+    def _queue(self, name: str) -> _QueueState:
+        state = self._queues.get(name)
+        if state is None:
+            self.configure(name)
+            state = self._queues[name]
+        return state
+
+    def pause(self, queue_name: str) -> None:
+        """Claim nothing more from ``queue_name``; running jobs go on."""
+        self._queue(queue_name).paused = True
+
+    def resume(self, queue_name: str) -> None:
+        self._queue(queue_name).paused = False
+        self._wake(queue_name)
+
+    def running(self, queue_name: str) -> int:
+        """How many jobs of ``queue_name`` this worker runs now."""
+        state = self._queues.get(queue_name)
+        return 0 if state is None else len(state.running)
+
+    # -- enqueue and cancel --------------------------------------------------
+
+    async def enqueue(
+        self,
+        task: str | Callable[..., Any],
+        *args: Any,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: timedelta | float | None = None,
+        run_at: datetime | None = None,
+        dedup_key: str | None = None,
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109 - the job's timeout, not ours
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> JobRecord:
+        """Store a job of ``task`` (a registered name or function) and wake its
+        queue. Everything is checked first (`UnknownTask`, `InvalidJob`,
+        `kernel.errors.NotJSONSerializable` naming the bad part of the
+        arguments): a refused job stores nothing. With a ``dedup_key`` held by
+        a queued or running job, that job is returned and nothing is stored.
+        """
+        spec = self._spec(task)
+        checked_args = copy_json(list(args), path="args")
+        checked_kwargs = copy_json(kwargs, path="kwargs")
+        if delay is not None and run_at is not None:
+            raise InvalidJob("delay", delay, "give delay or run_at, not both")
+        now = self.clock.now()
+        when = now
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+            if (
+                not isinstance(seconds, int | float)
+                or isinstance(seconds, bool)
+                or not math.isfinite(seconds)
+                or seconds < 0
+            ):
+                raise InvalidJob("delay", delay, "must be a timedelta or seconds >= 0")
+            when = now + (delay if isinstance(delay, timedelta) else timedelta(seconds=seconds))
+        elif run_at is not None:
+            when = utc_datetime(run_at, field="run_at")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        record = JobRecord(
+            task=spec.name,
+            args=checked_args,
+            kwargs=checked_kwargs,
+            queue=queue if queue is not None else spec.queue,
+            priority=priority,
+            run_at=when,
+            enqueued_at=now,
+            dedup_key=dedup_key,
+            timeout=_positive_seconds("timeout", timeout),
+            retry=None if retry is None else retry.to_json(),
+        )
+        self._queue(record.queue)  # a new queue gets a worker before the job exists
+        stored, created = await self.store.enqueue(record)
+        if created:
+            self._wake(stored.queue)
+            await self._publish("job.enqueued", stored)
+        return stored
+
+    def _spec(self, task: str | Callable[..., Any]) -> TaskSpec:
+        name = task if isinstance(task, str) else self._names_by_func.get(id(task))
+        spec = None if name is None else self._tasks.get(name)
+        if spec is None:
+            raise UnknownTask(task if isinstance(task, str) else repr(task), sorted(self._tasks))
+        return spec
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job, or a running one (its task is cancelled);
+        the cancelled record, or None if it had already finished."""
+        record = await self.store.cancel(job_id, now=self.clock.now())
+        for state in self._queues.values():
+            running = state.running.get(job_id)
+            if running is not None:
+                running.cancelled_by_user = True
+                running.scope.cancel()
+        if record is not None:
+            await self._publish("job.cancelled", record)
+        return record
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self.store.get_job(job_id)
+
+    # -- dead letters --------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 100, after_id: str | None = None) -> list[JobRecord]:
+        """Dead jobs in id order (pass the last id of a page as ``after_id``)."""
+        return await self.store.list_jobs(state=JobState.dead, limit=limit, after_id=after_id)
+
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        """Put a dead job back in its queue with its attempts reset."""
+        record = await self.store.retry_dead(job_id, now=self.clock.now())
+        if record is not None:
+            self._queue(record.queue)
+            self._wake(record.queue)
+            await self._publish("job.enqueued", record)
+        return record
+
+    async def purge_dead(self, older_than: timedelta | datetime | None = None) -> int:
+        """Delete dead jobs (those that died more than ``older_than`` ago, or
+        before that datetime; all if None); how many."""
+        cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
+        return await self.store.purge_dead(older_than=cutoff)
+
+    # -- the workers ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Work every queue until cancelled; then release the running jobs
+        without spending their attempts. Needs the scheduler's driver running."""
+        if self._nursery is not None:
+            raise RuntimeError("this job queue is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for state in self._queues.values():
+                    self._start_serving(state)
+                nursery.start_soon(self._renew_leases)
+                nursery.start_soon(self._reap_expired)
+                task_status.started()
+        finally:
+            self._nursery = None
+            for state in self._queues.values():
+                state.serving = False
+                self._disarm(state)
+
+    def _start_serving(self, state: _QueueState) -> None:
+        if self._nursery is not None and not state.serving:
+            state.serving = True
+            self._nursery.start_soon(self._serve, state, name=f"queue {state.config.name}")
+
+    def _wake(self, queue_name: str) -> None:
+        state = self._queues.get(queue_name)
+        if state is not None:
+            state.wake.set()
+
+    def _disarm(self, state: _QueueState) -> None:
+        if state.timer is not None:
+            self.scheduler.cancel_timer(state.timer)
+            state.timer = None
+            state.timer_at = math.inf
+
+    def _arm(self, state: _QueueState, deadline: float, due: datetime | None) -> None:
+        """Keep one wheel timer per queue, at the earliest thing it waits for."""
+        if state.timer is not None and state.timer_at <= deadline:
+            return
+        self._disarm(state)
+
+        def fire() -> None:
+            state.timer = None
+            state.timer_at = math.inf
+            if due is not None:
+                state.due_hint = due
+            state.wake.set()
+
+        state.timer = self.scheduler.call_at(deadline, fire)
+        state.timer_at = deadline
+
+    async def _serve(self, state: _QueueState) -> None:
+        async with trio.open_nursery() as jobs:
+            while True:
+                state.wake = trio.Event()
+                await self._claim_and_start(state, jobs)
+                await state.wake.wait()
+
+    async def _claim_and_start(self, state: _QueueState, jobs: trio.Nursery) -> None:
+        config = state.config
+        if state.paused:
+            return
+        capacity = config.concurrency - len(state.running)
+        if capacity <= 0:
+            return
+        mono = trio.current_time()
+        if state.window is not None:
+            allowed = state.window.available(mono)
+            if allowed <= 0:
+                self._arm(state, state.window.next_free(mono), None)
+                return
+            capacity = min(capacity, allowed)
+        now = self.clock.now()
+        hint, state.due_hint = state.due_hint, None
+        if hint is not None and hint > now:
+            now = hint  # the wheel fired for it: trust the wheel over float rounding
+        claimed = await self.store.claim(
+            config.name,
+            worker=self.worker,
+            now=now,
+            lease=self.lease,
+            limit=capacity,
+            aging=config.aging,
+        )
+        for job in claimed:
+            if state.window is not None:
+                state.window.acquire(mono)
+            scope = trio.CancelScope()
+            state.running[job.id] = _Running(job, scope)
+            jobs.start_soon(self._run_job, state, job, scope, name=f"job {job.task} {job.id}")
+        self._set_gauge(state)
+        if len(claimed) == capacity:
+            state.wake.set()  # there may be more, and more capacity later
+            return
+        due = await self.store.next_due(config.name)
+        if due is not None:
+            deadline = Clock.tick_deadline(self.clock.wall_to_tick(due))
+            if deadline <= trio.current_time():
+                # came due while we were claiming (a store in a thread takes time)
+                state.due_hint = due
+                state.wake.set()
+            else:
+                self._arm(state, deadline, due)
+
+    def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
+        if job.retry is not None:
+            return RetryPolicy.from_json(job.retry)
+        if spec is not None and spec.retry is not None:
+            return spec.retry
+        return _DEFAULT_POLICY
+
+    async def _run_job(self, state: _QueueState, job: JobRecord, scope: trio.CancelScope) -> None:
+        try:
+            await self._attempt(state, job, scope)
+        except Exception:
+            # the store failed to record the outcome: the lease runs out and
+            # the job is reaped, so log and keep the queue running
+            log.exception("job %s: could not record its outcome", job.id)
+        except BaseException:
+            # shutdown: the attempt was interrupted, not failed
+            with trio.CancelScope(shield=True):
+                await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
+            raise
+        finally:
+            state.running.pop(job.id, None)
+            self._set_gauge(state)
+            state.wake.set()
+
+    async def _attempt(self, state: _QueueState, job: JobRecord, scope: trio.CancelScope) -> None:
+        spec = self._tasks.get(job.task)
+        if spec is None:
+            unknown = UnknownTask(job.task, sorted(self._tasks))
+            await self._bury(job, str(unknown), unknown)
+            return
+        policy = self._policy(job, spec)
+        if job.attempts > policy.max_attempts:
+            # put back by reap_expired after its last attempt: nothing is left
+            reason = f"max attempts ({policy.max_attempts}) reached: {job.last_error}"
+            await self._bury(job, reason, None)
+            return
+        now = self.clock.now()
+        breaker = spec.breaker
+        if breaker is not None and not breaker.allow():
+            wait = max(timedelta(seconds=breaker.retry_after()), BREAKER_FLOOR)
+            await self.store.release(job.id, worker=self.worker, run_at=now + wait)
+            return
+        window = self._task_windows.get(spec.name)
+        if window is not None and not window.acquire(trio.current_time()):
+            wait_s = window.next_free(trio.current_time()) - trio.current_time()
+            await self.store.release(
+                job.id, worker=self.worker, run_at=now + timedelta(seconds=wait_s)
+            )
+            if breaker is not None:
+                breaker.release()
+            return
+        timeout = job.timeout if job.timeout is not None else spec.timeout
+        await self._publish("job.started", job)
+        started = trio.current_time()
+        error: BaseException | None = None
+        try:
+            with scope:
+                with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
+                    result = spec.func(*job.args, **job.kwargs)
+                    if inspect.isawaitable(result):
+                        await result
+                if deadline.cancelled_caught:
+                    assert timeout is not None
+                    raise JobTimedOut(job.id, job.task, timeout)
+        except Exception as exc:
+            error = exc
+        except BaseException:
+            if breaker is not None:
+                breaker.release()
+            raise
+        elapsed = trio.current_time() - started
+        if self.metrics is not None:
+            self.metrics.histogram("job_run_seconds", task=job.task).observe(elapsed)
+        if scope.cancelled_caught:
+            # queue.cancel: the store already says cancelled
+            if breaker is not None:
+                breaker.release()
+            return
+        if error is None:
+            if breaker is not None:
+                breaker.record_success()
+            if await self.store.complete(job.id, worker=self.worker, now=self.clock.now()):
+                await self._publish("job.succeeded", job)
+            return
+        if breaker is not None:
+            verdict = breaker.is_failure(error)
+            if verdict is None:
+                breaker.release()
+            elif verdict:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+        await self._failed(state, job, policy, error)
+
+    async def _failed(
+        self, state: _QueueState, job: JobRecord, policy: RetryPolicy, error: BaseException
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.counter("job_failures", task=job.task).inc()
+        decision = policy.decide(job.attempts, error)
+        now = self.clock.now()
+        if decision.outcome is Outcome.RETRY:
+            run_at = now + policy.delay(job.attempts, self.rng)
+            text = f"{decision.reason}\n{_format(error)}"
+            if await self.store.retry_later(job.id, worker=self.worker, error=text, run_at=run_at):
+                if self.metrics is not None:
+                    self.metrics.counter("job_retries", task=job.task).inc()
+                await self._publish("job.retrying", job, error=str(error), run_at=run_at)
+        elif decision.outcome is Outcome.GIVE_UP:
+            await self._bury(job, decision.reason, error)
+        else:  # pragma: no cover - only BaseExceptions are not failures, handled above
+            await self.store.release(job.id, worker=self.worker, run_at=now)
+
+    async def _bury(self, job: JobRecord, reason: str, error: BaseException | None) -> None:
+        text = reason if error is None else f"{reason}\n{_format(error)}"
+        if await self.store.bury(job.id, worker=self.worker, error=text, now=self.clock.now()):
+            if self.metrics is not None:
+                self.metrics.counter("job_dead", task=job.task).inc()
+            await self._publish("job.dead", job, error=reason if error is None else str(error))
+
+    def _set_gauge(self, state: _QueueState) -> None:
+        if self.metrics is not None:
+            self.metrics.gauge("jobs_running", queue=state.config.name).set(len(state.running))
+
+    async def _publish(self, topic: str, job: JobRecord, **extra: Any) -> None:
+        if self.bus is None:
+            return
+        payload: dict[str, JSON] = {
+            "id": job.id,
+            "task": job.task,
+            "queue": job.queue,
+            "attempts": job.attempts,
+        }
+        for key, value in extra.items():
+            payload[key] = value.isoformat() if isinstance(value, datetime) else value
+        try:
+            await self.bus.publish(topic, payload)
+        except Exception:  # an event lost must not lose the job's outcome
+            log.exception("could not publish %s for job %s", topic, job.id)
+
+    # -- leases ----------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        """One loop renews every running job's lease; a job the store says we
+        no longer hold (reaped, or cancelled by another process) is cancelled."""
+        every = self.heartbeat.total_seconds()
+        while True:
+            await self.scheduler.sleep(every)
+            running = {
+                job_id: run
+                for state in self._queues.values()
+                for job_id, run in state.running.items()
+            }
+            if not running:
+                continue
+            held = await self.store.heartbeat(
+                list(running), worker=self.worker, lease_until=self.clock.now() + self.lease
+            )
+            for job_id, run in running.items():
+                if job_id not in held and any(
+                    state.running.get(job_id) is run for state in self._queues.values()
+                ):
+                    log.warning("job %s: lease lost, cancelling its run", job_id)
+                    run.cancelled_by_user = True
+                    run.scope.cancel()
+
+    async def _reap_expired(self) -> None:
+        """Put back the jobs of workers that stopped renewing their leases;
+        the next claim buries those with no attempt left."""
+        every = self.reap_every.total_seconds()
+        while True:
+            await self.scheduler.sleep(every)
+            reaped = await self.store.reap_expired(self.clock.now())
+            if reaped:
+                log.warning("reaped %d job(s) with expired leases", len(reaped))
+                for state in self._queues.values():
+                    state.wake.set()
+
+
+def _format(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))
