@@ -363,5 +363,9 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
+from kernel.cli_jobs import jobs_group  # noqa: E402  (`kernel jobs`; it imports this module lazily)
+
+main.add_command(jobs_group)
+
 if __name__ == "__main__":
     main()
