@@ -183,6 +183,22 @@ def utc_datetime(value: object, *, field: str = "datetime") -> datetime:
     return value.astimezone(UTC)
 
 
+_KNOWN_NAMES: set[str] = set()
+_KNOWN_NAMES_MAX = 4096
+
+
+def _checked_name(field: str, value: object) -> str:
+    """`validate_name` with a small cache: workers and queues call the store
+    with the same few names thousands of times a second."""
+    if type(value) is str and value in _KNOWN_NAMES:
+        return value
+    name = validate_name(field, value)
+    if len(_KNOWN_NAMES) >= _KNOWN_NAMES_MAX:
+        _KNOWN_NAMES.clear()
+    _KNOWN_NAMES.add(name)
+    return name
+
+
 def _positive_timedelta(field: str, value: object) -> timedelta:
     if not isinstance(value, timedelta):
         raise InvalidJob(field, value, f"must be a timedelta, not {type(value).__name__}")
@@ -227,11 +243,11 @@ def _optional_error(value: object) -> str | None:
 
 
 def _task(value: object) -> str:
-    return validate_name("task", value)
+    return _checked_name("task", value)
 
 
 def _queue(value: object) -> str:
-    return validate_name("queue", value)
+    return _checked_name("queue", value)
 
 
 def _dedup_key(value: object) -> str | None:
@@ -708,6 +724,48 @@ def from_epoch_micros(value: int) -> datetime:
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
+_RECORD_FIELDS = tuple(field.name for field in attrs.fields(JobRecord))
+_set_slot = object.__setattr__
+
+
+def _clone_json(value: JSON) -> JSON:
+    """A deep copy of JSON the store already checked (`copy_json` without
+    the checks: the store owns it, so only sharing must be avoided)."""
+    if type(value) is list:
+        return [_clone_json(item) for item in value] if value else []
+    if type(value) is dict:
+        return {key: _clone_json(item) for key, item in value.items()} if value else {}
+    return value
+
+
+def _derive(record: JobRecord, changes: Mapping[str, object]) -> JobRecord:
+    """``attrs.evolve`` without the converters, for a store's own records
+    whose fields (and the ``changes``) are already checked: a job changes
+    state five or six times, and re-checking and re-copying every field each
+    time cost more than the rest of the store."""
+    new = object.__new__(JobRecord)
+    for name in _RECORD_FIELDS:
+        _set_slot(new, name, changes[name] if name in changes else getattr(record, name))
+    return new
+
+
+def _fresh(record: JobRecord) -> JobRecord:
+    """A copy of a stored record to hand out: its JSON is the caller's own."""
+    return _derive(
+        record,
+        {
+            "args": _clone_json(record.args),
+            "kwargs": _clone_json(record.kwargs),
+            "retry": None if record.retry is None else _clone_json(record.retry),
+        },
+    )
+
+
+_Entry = tuple[datetime, datetime, int, str]
+"""A queued job in its priority level's heap: (run_at, enqueued_at,
+insertion order, id)."""
+
+
 @attrs.define(eq=False)
 class MemoryJobStore:
     """The `JobStore` in process memory, gone when the process ends.
@@ -715,8 +773,18 @@ class MemoryJobStore:
     The reference for durable stores: the contract runs against it. Each
     method checks its arguments, passes one checkpoint, then completes
     without yielding, so each is atomic with respect to other trio tasks.
-    `claim` scans the queued jobs of one queue (with ``heapq.nsmallest``):
-    O(queued) per claim, fine for tests and small kernels.
+
+    Queued jobs are indexed per queue and per priority level, each level a
+    heap by (``run_at``, ``enqueued_at``, insertion order). Within a level a
+    job with ``run_at >= enqueued_at`` became due at ``run_at``, so the head
+    of the heap has both the earliest ``run_at`` and the highest aged
+    priority of its level: a claim compares the heads of the levels only,
+    O(levels + limit x log n), exact for any ``now`` and ``aging`` (the
+    levels play the part of Sidekiq's or Oban's per-priority queues). The
+    rare job with ``run_at`` before ``enqueued_at`` (enqueued for a time
+    already past) became due at ``enqueued_at``, which the heap order does
+    not follow, so those wait in a side set that each claim scans. Entries
+    of jobs that left the queue are dropped lazily, when they reach a head.
 
     Kept apart from `kernel.storage_memory.MemoryStorage` so the two can be
     composed into one object that satisfies both ports.
@@ -724,7 +792,10 @@ class MemoryJobStore:
 
     _jobs: dict[str, JobRecord] = attrs.field(factory=dict, init=False)
     _order: dict[str, int] = attrs.field(factory=dict, init=False)
-    _queued: dict[str, set[str]] = attrs.field(factory=dict, init=False)
+    _levels: dict[str, dict[int, list[_Entry]]] = attrs.field(factory=dict, init=False)
+    _entries: dict[str, _Entry] = attrs.field(factory=dict, init=False)
+    _early: dict[str, set[str]] = attrs.field(factory=dict, init=False)
+    _running: set[str] = attrs.field(factory=set, init=False)
     _live_dedup: dict[str, str] = attrs.field(factory=dict, init=False)
     _slots: set[tuple[str, datetime]] = attrs.field(factory=set, init=False)
     _schedule_states: dict[str, str] = attrs.field(factory=dict, init=False)
@@ -742,21 +813,78 @@ class MemoryJobStore:
         if self._closed:
             raise StorageClosed("the memory job store is closed")
 
+    # -- the queued-job index --------------------------------------------------
+
+    def _index(self, job: JobRecord) -> None:
+        if job.run_at >= job.enqueued_at:
+            entry = (job.run_at, job.enqueued_at, self._order[job.id], job.id)
+            levels = self._levels.get(job.queue)
+            if levels is None:
+                levels = self._levels[job.queue] = {}
+            heap = levels.get(job.priority)
+            if heap is None:
+                levels[job.priority] = [entry]
+            else:
+                heapq.heappush(heap, entry)
+            self._entries[job.id] = entry
+        else:
+            self._early.setdefault(job.queue, set()).add(job.id)
+
+    def _unindex(self, job: JobRecord) -> None:
+        if self._entries.pop(job.id, None) is None:
+            early = self._early.get(job.queue)
+            if early is not None:
+                early.discard(job.id)
+                if not early:
+                    del self._early[job.queue]
+
+    def _head(self, heap: list[_Entry]) -> _Entry | None:
+        """The live entry at the top of ``heap``, dropping stale ones."""
+        entries = self._entries
+        while heap:
+            head = heap[0]
+            if entries.get(head[3]) is head:
+                return head
+            heapq.heappop(heap)
+        return None
+
+    def _heads(self, queue: str) -> list[tuple[int, _Entry]]:
+        """(priority, head) of each non-empty level of ``queue``."""
+        levels = self._levels.get(queue)
+        if not levels:
+            return []
+        heads = []
+        for priority, heap in list(levels.items()):
+            head = self._head(heap)
+            if head is None:
+                del levels[priority]
+            else:
+                heads.append((priority, head))
+        if not levels:
+            del self._levels[queue]
+        return heads
+
     # -- bookkeeping: every state change goes through _replace ---------------
 
     def _replace(self, old: JobRecord, **changes: object) -> JobRecord:
-        new = attrs.evolve(old, **changes)
+        """Store ``old`` with ``changes`` (already checked) and keep the
+        indexes; returns the stored record (hand out `_fresh` copies)."""
+        new = _derive(old, changes)
         self._jobs[new.id] = new
         if old.state is JobState.queued:
-            self._queued[old.queue].discard(old.id)
+            self._unindex(old)
+        elif old.state is JobState.running:
+            self._running.discard(old.id)
         if new.state is JobState.queued:
-            self._queued.setdefault(new.queue, set()).add(new.id)
+            self._index(new)
+        elif new.state is JobState.running:
+            self._running.add(new.id)
         if new.dedup_key is not None:
             if new.state in LIVE_STATES:
                 self._live_dedup[new.dedup_key] = new.id
             elif self._live_dedup.get(new.dedup_key) == new.id:
                 del self._live_dedup[new.dedup_key]
-        return attrs.evolve(new)
+        return new
 
     def _held(self, job_id: str, worker: str) -> JobRecord | None:
         job = self._jobs.get(job_id)
@@ -776,16 +904,16 @@ class MemoryJobStore:
         if job.dedup_key is not None:
             holder = self._live_dedup.get(job.dedup_key)
             if holder is not None:
-                return attrs.evolve(self._jobs[holder]), False
+                return _fresh(self._jobs[holder]), False
         if job.id in self._jobs:
             raise JobConflict(job.id, "a job with this id is already stored")
-        stored = attrs.evolve(job)
+        stored = _fresh(job)
         self._jobs[stored.id] = stored
         self._order[stored.id] = next(self._counter)
-        self._queued.setdefault(stored.queue, set()).add(stored.id)
+        self._index(stored)
         if stored.dedup_key is not None:
             self._live_dedup[stored.dedup_key] = stored.id
-        return attrs.evolve(stored), True
+        return _fresh(stored), True
 
     async def claim(
         self,
@@ -797,38 +925,60 @@ class MemoryJobStore:
         limit: int = 1,
         aging: timedelta | None = None,
     ) -> list[JobRecord]:
-        validate_name("queue", queue)
-        validate_name("worker", worker)
+        _checked_name("queue", queue)
+        _checked_name("worker", worker)
         now = utc_datetime(now, field="now")
         validate_lease(lease)
         validate_limit(limit, maximum=MAX_CLAIM_LIMIT)
         validate_aging(aging)
         await self._enter()
-        due = [
-            self._jobs[job_id]
-            for job_id in self._queued.get(queue, ())
-            if self._jobs[job_id].run_at <= now
-        ]
-        chosen = heapq.nsmallest(
-            limit, due, key=lambda job: (*claim_order(job, now, aging), self._order[job.id])
-        )
+        jobs = self._jobs
+        # one candidate per level (its head) plus the early jobs, keyed by
+        # claim_order and insertion order; the level (None: early) last
+        candidates: list[tuple[int, datetime, datetime, int, str, int | None]] = []
+        for level, (run_at, enqueued_at, seq, job_id) in self._heads(queue):
+            if run_at <= now:
+                rank = -effective_priority(jobs[job_id], now, aging)
+                candidates.append((rank, run_at, enqueued_at, seq, job_id, level))
+        for job_id in self._early.get(queue, ()):
+            job = jobs[job_id]
+            if job.run_at <= now:
+                rank, run_at, enqueued_at = claim_order(job, now, aging)
+                candidates.append((rank, run_at, enqueued_at, self._order[job_id], job_id, None))
+        heapq.heapify(candidates)
+        levels = self._levels.get(queue, {})
         lease_expires_at = now + lease
-        return [
-            self._replace(
+        claimed: list[JobRecord] = []
+        while candidates and len(claimed) < limit:
+            _rank, _run_at, _enqueued_at, _seq, job_id, priority = heapq.heappop(candidates)
+            job = jobs[job_id]
+            stored = self._replace(
                 job,
                 state=JobState.running,
                 worker=worker,
                 lease_expires_at=lease_expires_at,
                 attempts=job.attempts + 1,
             )
-            for job in chosen
-        ]
+            claimed.append(_fresh(stored))
+            if priority is None:
+                continue
+            heap = levels[priority]
+            head = self._head(heap)  # pops the claimed entry, now stale
+            if head is None:
+                del levels[priority]
+            elif head[0] <= now:
+                run_at, enqueued_at, seq, next_id = head
+                rank = -effective_priority(jobs[next_id], now, aging)
+                heapq.heappush(candidates, (rank, run_at, enqueued_at, seq, next_id, priority))
+        if not levels:
+            self._levels.pop(queue, None)
+        return claimed
 
     async def heartbeat(
         self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
     ) -> set[str]:
         ids = validate_job_ids(job_ids)
-        validate_name("worker", worker)
+        _checked_name("worker", worker)
         lease_until = utc_datetime(lease_until, field="lease_until")
         await self._enter()
         held: set[str] = set()
@@ -841,7 +991,7 @@ class MemoryJobStore:
 
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
-        validate_name("worker", worker)
+        _checked_name("worker", worker)
         finished_at = now_or_wall_clock(now)
         await self._enter()
         job = self._held(job_id, worker)
@@ -852,7 +1002,7 @@ class MemoryJobStore:
 
     async def retry_later(self, job_id: str, *, worker: str, error: str, run_at: datetime) -> bool:
         validate_job_id(job_id)
-        validate_name("worker", worker)
+        _checked_name("worker", worker)
         error = clean_error_text(error)
         run_at = utc_datetime(run_at, field="run_at")
         await self._enter()
@@ -871,7 +1021,7 @@ class MemoryJobStore:
 
     async def release(self, job_id: str, *, worker: str, run_at: datetime) -> bool:
         validate_job_id(job_id)
-        validate_name("worker", worker)
+        _checked_name("worker", worker)
         run_at = utc_datetime(run_at, field="run_at")
         await self._enter()
         job = self._held(job_id, worker)
@@ -891,7 +1041,7 @@ class MemoryJobStore:
         self, job_id: str, *, worker: str, error: str, now: datetime | None = None
     ) -> bool:
         validate_job_id(job_id)
-        validate_name("worker", worker)
+        _checked_name("worker", worker)
         error = clean_error_text(error)
         finished_at = now_or_wall_clock(now)
         await self._enter()
@@ -914,8 +1064,10 @@ class MemoryJobStore:
         job = self._jobs.get(job_id)
         if job is None or job.state not in LIVE_STATES:
             return None
-        return self._replace(
-            job, state=JobState.cancelled, lease_expires_at=None, finished_at=finished_at
+        return _fresh(
+            self._replace(
+                job, state=JobState.cancelled, lease_expires_at=None, finished_at=finished_at
+            )
         )
 
     async def reap_expired(self, now: datetime) -> list[str]:
@@ -923,10 +1075,8 @@ class MemoryJobStore:
         await self._enter()
         expired = [
             job
-            for job in self._jobs.values()
-            if job.state is JobState.running
-            and job.lease_expires_at is not None
-            and job.lease_expires_at <= now
+            for job in map(self._jobs.__getitem__, self._running)
+            if job.lease_expires_at is not None and job.lease_expires_at <= now
         ]
         expired.sort(key=lambda job: self._order[job.id])
         for job in expired:
@@ -935,7 +1085,7 @@ class MemoryJobStore:
                 state=JobState.queued,
                 worker=None,
                 lease_expires_at=None,
-                last_error=lease_expired_error(job.worker),
+                last_error=clean_error_text(lease_expired_error(job.worker)),
             )
         return [job.id for job in expired]
 
@@ -943,7 +1093,7 @@ class MemoryJobStore:
         validate_job_id(job_id)
         await self._enter()
         job = self._jobs.get(job_id)
-        return None if job is None else attrs.evolve(job)
+        return None if job is None else _fresh(job)
 
     async def list_jobs(
         self,
@@ -967,7 +1117,7 @@ class MemoryJobStore:
             and (queue is None or job.queue == queue)
             and (after_id is None or job_id > after_id)
         )
-        return [attrs.evolve(self._jobs[job_id]) for job_id in matching[:limit]]
+        return [_fresh(self._jobs[job_id]) for job_id in matching[:limit]]
 
     async def retry_dead(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
         validate_job_id(job_id)
@@ -978,7 +1128,7 @@ class MemoryJobStore:
             return None
         if job.dedup_key is not None and job.dedup_key in self._live_dedup:
             raise JobConflict(job_id, dedup_conflict_reason(job.dedup_key))
-        return self._replace(
+        stored = self._replace(
             job,
             state=JobState.queued,
             run_at=run_at,
@@ -986,6 +1136,7 @@ class MemoryJobStore:
             worker=None,
             finished_at=None,
         )
+        return _fresh(stored)
 
     async def purge_dead(self, *, older_than: datetime | None = None) -> int:
         return await self.purge(state=JobState.dead, older_than=older_than)
@@ -1006,13 +1157,19 @@ class MemoryJobStore:
 
     async def next_due(self, queue: str | None = None) -> datetime | None:
         if queue is not None:
-            validate_name("queue", queue)
+            _checked_name("queue", queue)
         await self._enter()
-        queues = [queue] if queue is not None else list(self._queued)
-        return min(
-            (self._jobs[job_id].run_at for name in queues for job_id in self._queued.get(name, ())),
-            default=None,
-        )
+        names = [queue] if queue is not None else list(self._levels.keys() | self._early.keys())
+        earliest: datetime | None = None
+        for name in names:
+            for _priority, head in self._heads(name):
+                if earliest is None or head[0] < earliest:
+                    earliest = head[0]
+            for job_id in self._early.get(name, ()):
+                run_at = self._jobs[job_id].run_at
+                if earliest is None or run_at < earliest:
+                    earliest = run_at
+        return earliest
 
     async def claim_slot(self, schedule: str, fire_time: datetime) -> bool:
         validate_name("schedule", schedule)
@@ -1047,7 +1204,10 @@ class MemoryJobStore:
         self._closed = True
         self._jobs.clear()
         self._order.clear()
-        self._queued.clear()
+        self._levels.clear()
+        self._entries.clear()
+        self._early.clear()
+        self._running.clear()
         self._live_dedup.clear()
         self._slots.clear()
         self._schedule_states.clear()

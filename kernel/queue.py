@@ -528,41 +528,44 @@ class JobQueue:
                 await state.wake.wait()
 
     async def _claim_and_start(self, state: _QueueState, jobs: trio.Nursery) -> None:
-        config = state.config
-        if state.paused:
-            return
-        capacity = config.concurrency - len(state.running)
-        if capacity <= 0:
-            return
-        mono = trio.current_time()
-        if state.window is not None:
-            allowed = state.window.available(mono)
-            if allowed <= 0:
-                self._arm(state, state.window.next_free(mono), None)
+        """Claim in batches up to the free capacity until it is full or
+        nothing more is due (a burst drains at full speed), then put the
+        queue's one timer at its next due job."""
+        while True:
+            config = state.config
+            if state.paused:
                 return
-            capacity = min(capacity, allowed)
-        now = self.clock.now()
-        hint, state.due_hint = state.due_hint, None
-        if hint is not None and hint > now:
-            now = hint  # the wheel fired for it: trust the wheel over float rounding
-        claimed = await self.store.claim(
-            config.name,
-            worker=self.worker,
-            now=now,
-            lease=self.lease,
-            limit=capacity,
-            aging=config.aging,
-        )
-        for job in claimed:
+            capacity = config.concurrency - len(state.running)
+            if capacity <= 0:
+                return
+            mono = trio.current_time()
             if state.window is not None:
-                state.window.acquire(mono)
-            scope = trio.CancelScope()
-            state.running[job.id] = _Running(job, scope)
-            jobs.start_soon(self._run_job, state, job, scope, name=f"job {job.task} {job.id}")
-        self._set_gauge(state)
-        if len(claimed) == capacity:
-            state.wake.set()  # there may be more, and more capacity later
-            return
+                allowed = state.window.available(mono)
+                if allowed <= 0:
+                    self._arm(state, state.window.next_free(mono), None)
+                    return
+                capacity = min(capacity, allowed)
+            now = self.clock.now()
+            hint, state.due_hint = state.due_hint, None
+            if hint is not None and hint > now:
+                now = hint  # the wheel fired for it: trust the wheel over float rounding
+            claimed = await self.store.claim(
+                config.name,
+                worker=self.worker,
+                now=now,
+                lease=self.lease,
+                limit=capacity,
+                aging=config.aging,
+            )
+            for job in claimed:
+                if state.window is not None:
+                    state.window.acquire(mono)
+                scope = trio.CancelScope()
+                state.running[job.id] = _Running(job, scope)
+                jobs.start_soon(self._run_job, state, job, scope, name=f"job {job.task} {job.id}")
+            self._set_gauge(state)
+            if len(claimed) < capacity:
+                break  # nothing more is due now
         due = await self.store.next_due(config.name)
         if due is not None:
             deadline = Clock.tick_deadline(self.clock.wall_to_tick(due))
@@ -609,14 +612,14 @@ class JobQueue:
             reason = f"max attempts ({policy.max_attempts}) reached: {job.last_error}"
             await self._bury(job, reason, None)
             return
-        now = self.clock.now()
         breaker = spec.breaker
         if breaker is not None and not breaker.allow():
             wait = max(timedelta(seconds=breaker.retry_after()), BREAKER_FLOOR)
-            await self.store.release(job.id, worker=self.worker, run_at=now + wait)
+            await self.store.release(job.id, worker=self.worker, run_at=self.clock.now() + wait)
             return
         window = self._task_windows.get(spec.name)
         if window is not None and not window.acquire(trio.current_time()):
+            now = self.clock.now()
             wait_s = window.next_free(trio.current_time()) - trio.current_time()
             await self.store.release(
                 job.id, worker=self.worker, run_at=now + timedelta(seconds=wait_s)
@@ -630,13 +633,13 @@ class JobQueue:
         error: BaseException | None = None
         try:
             with scope:
-                with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
-                    result = spec.func(*job.args, **job.kwargs)
-                    if inspect.isawaitable(result):
-                        await result
-                if deadline.cancelled_caught:
-                    assert timeout is not None
-                    raise JobTimedOut(job.id, job.task, timeout)
+                if timeout is None:
+                    await _call(spec.func, job)
+                else:
+                    with trio.move_on_after(timeout) as deadline:
+                        await _call(spec.func, job)
+                    if deadline.cancelled_caught:
+                        raise JobTimedOut(job.id, job.task, timeout)
         except Exception as exc:
             error = exc
         except BaseException:
@@ -750,6 +753,13 @@ class JobQueue:
                 log.warning("reaped %d job(s) with expired leases", len(reaped))
                 for state in self._queues.values():
                     state.wake.set()
+
+
+async def _call(func: Callable[..., Any], job: JobRecord) -> None:
+    """Run ``func`` on the job's arguments, awaiting it if it is async."""
+    result = func(*job.args, **job.kwargs)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _format(error: BaseException) -> str:
