@@ -1,9 +1,9 @@
 """The kernel's work queue (`kernel.queue.JobQueue`) against bare trio and APScheduler 4.
 
-    python bench/queue.py                         # all three parts, 30 s schedule runs
-    python bench/queue.py --quick                 # fewer jobs, 10 s schedule runs
-    python bench/queue.py --only throughput       # or: schedules, durable
-    python bench/queue.py --only schedules --seconds 60
+    python bench/work_queue.py                         # all three parts, 30 s schedule runs
+    python bench/work_queue.py --quick                 # fewer jobs, 10 s schedule runs
+    python bench/work_queue.py --only throughput       # or: schedules, durable
+    python bench/work_queue.py --only schedules --seconds 60
 
 Every variant runs in its own fresh subprocess of this script (``--variant``),
 so that one variant's garbage, threads or leftover tasks cannot slow the next.
@@ -34,25 +34,18 @@ The machine is shared: the load average is printed before each part.
 ``--profile`` adds a cProfile of the kernel variants to stderr (slower runs).
 """
 
-# ruff: noqa: E402 - sys.path is fixed before the imports (see below)
+# (named work_queue.py, not queue.py: a queue.py in bench/ would shadow the
+# standard library's queue for every script here)
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named queue.py: take its folder off sys.path before anything
-# imports the standard library's queue (trio's threads, concurrent.futures).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, _ROOT)
 
 import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -532,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     seconds = args.seconds if args.seconds is not None else (10.0 if args.quick else 30.0)
     n = args.n if args.n is not None else (5_000 if args.quick else 20_000)
-    print(f"# bench/queue.py: Python {sys.version.split()[0]}, trio {trio.__version__}")
+    print(f"# bench/work_queue.py: Python {sys.version.split()[0]}, trio {trio.__version__}")
     try:
         from importlib.metadata import version
 
