@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -126,7 +127,10 @@ class WheelMachine(RuleBasedStateMachine):
         assert timer.deadline == max(deadline, self.now)
 
     def _advance(self, target: int) -> None:
+        leaves_before = set(self.wheel._leaves)
         fired = self.wheel.advance(target)
+        # advance only removes from the big dict of leaves: never pays to grow it
+        assert set(self.wheel._leaves) <= leaves_before
         due = sorted((key, value) for value, key in self.pending.items() if key[0] <= target)
         assert fired == [value for _, value in due]
         for _, value in due:
@@ -174,6 +178,62 @@ class WheelMachine(RuleBasedStateMachine):
     def pending_flags_match(self) -> None:
         for timer in self.handles:
             assert timer.pending is (timer.value in self.pending)
+
+    @invariant()
+    def tree_matches_the_leaves(self) -> None:
+        assert_tree_is_exact(self.wheel)
+
+
+def assert_tree_is_exact(wheel: TimerWheel[Any]) -> None:
+    """White-box: the structure is exactly what the pending timers imply.
+
+    A level-1 slot (64 ticks) that time has not entered holds its lone timer,
+    or a bitmap of ticks whose leaves are in ``_leaves``; the leaves of the
+    current window are in ``_leaves`` (if they were there when time entered
+    their slot) or in ``_window``. Rebuilt from those alone, the bitmaps hold
+    each slot's path at the level that ``now`` gives it, and nothing else (no
+    empty slot, leaf or bitmap is kept).
+    """
+    levels, now = wheel.levels, wheel.now
+    occupied = [0] * levels
+    ticks: dict[int, int] = {}  # level-1 slot number -> bitmap of its leaves
+    pending = 0
+    for in_window, leaves in ((True, wheel._window), (False, wheel._leaves)):
+        for deadline, leaf in leaves.items():
+            assert deadline >= now
+            timers = list(leaf) if isinstance(leaf, dict) else [leaf]
+            assert timers
+            assert all(timer.deadline == deadline for timer in timers)
+            if isinstance(leaf, dict):
+                assert all(leaf[timer] == timer.value for timer in timers)
+            pending += len(timers)
+            if deadline >> 6 == now >> 6:
+                assert not occupied[0] & 1 << (deadline & 63), "one leaf per deadline"
+                occupied[0] |= 1 << (deadline & 63)
+            else:
+                assert not in_window
+                ticks[deadline >> 6] = ticks.get(deadline >> 6, 0) | 1 << (deadline & 63)
+    children: list[dict[int, int]] = [{} for _ in range(levels + 1)]
+    for number, slot in wheel._level1.items():
+        assert number > now >> 6
+        if isinstance(slot, int):
+            assert slot == ticks.pop(number)
+        else:
+            assert slot.deadline >> 6 == number
+            pending += 1
+        level = (((now ^ number << 6) | 63).bit_length() - 1) // 6
+        for k in range(2, min(level, levels) + 1):
+            child = number >> 6 * (k - 2)  # its level-(k-1) slot, a child of level k
+            children[k][child >> 6] = children[k].get(child >> 6, 0) | 1 << (child & 63)
+        if level < levels:
+            occupied[level] |= 1 << (number >> 6 * (level - 1) & 63)
+    assert not ticks, "leaves whose level-1 slot has no bitmap"
+    assert wheel._children == children
+    assert wheel._occupied == occupied
+    assert wheel._occupied_levels == sum(1 << k for k, bits in enumerate(occupied) if bits)
+    windows = wheel._level1 if levels == 1 else children[levels]
+    assert set(windows) <= set(wheel._overflow_windows)
+    assert len(wheel) == pending
 
 
 WheelMachine.TestCase.settings = settings(max_examples=500, stateful_step_count=50, deadline=None)
@@ -416,3 +476,104 @@ def test_timers_are_slotted_handles() -> None:
     assert "done" in repr(timer)
     with pytest.raises(AttributeError):
         timer.deadline = 7  # type: ignore[misc]
+
+
+# -- cascades: work per advance, memory ----------------------------------------------
+
+LEVEL_2_SLOT = 64**2
+
+
+def crowded_wheel(count: int) -> tuple[TimerWheel[int], int, list[int]]:
+    """``count`` timers over one level-2 slot, its start, and their deadlines.
+
+    One more timer at ``start - 1`` (value -1) makes a driver wake just
+    before the slot, as the scheduler does.
+    """
+    start = 5 * LEVEL_2_SLOT
+    wheel: TimerWheel[int] = TimerWheel(now=10)
+    rng = random.Random(count)
+    deadlines = [start + rng.randrange(1, LEVEL_2_SLOT) for _ in range(count)]
+    for value, deadline in enumerate(deadlines):
+        wheel.insert(deadline, value)
+    wheel.insert(start - 1, -1)
+    return wheel, start, deadlines
+
+
+def firing_order(deadlines: list[int]) -> list[int]:
+    """The values in deadline order, ties in insertion order."""
+    return sorted(range(len(deadlines)), key=lambda value: (deadlines[value], value))
+
+
+def test_entering_a_crowded_slot_costs_the_same_for_any_crowd() -> None:
+    costs = []
+    for count in (500, 5_000, 50_000):
+        wheel, start, _ = crowded_wheel(count)
+        assert wheel.advance(start - 1) == [-1]
+        fired, lines = wheel_lines(lambda wheel=wheel, start=start: wheel.advance(start))  # type: ignore[misc]
+        assert fired == []
+        costs.append(lines)
+    # a classic cascade re-inserts every timer here: ~10 lines a timer
+    assert costs[0] == costs[1] == costs[2] < 100, costs
+
+
+def test_each_advance_costs_a_constant_plus_a_little_per_timer_fired() -> None:
+    wheel, start, deadlines = crowded_wheel(3_000)
+    assert wheel.advance(start - 1) == [-1]
+    fired_in_order: list[int] = []
+    while (deadline := wheel.next_deadline()) is not None:
+        fired, lines = wheel_lines(lambda deadline=deadline: wheel.advance(deadline))  # type: ignore[misc]
+        assert fired
+        assert lines <= 80 + 10 * len(fired), (deadline, lines, len(fired))
+        fired_in_order += fired
+    assert fired_in_order == firing_order(deadlines)
+
+
+def test_an_advance_into_the_middle_of_a_crowded_slot_fires_its_due_timers_in_order() -> None:
+    count = 20_000
+    wheel, start, deadlines = crowded_wheel(count)
+    order = firing_order(deadlines)
+    assert wheel.advance(start - 1) == [-1]
+    stop = start + 100  # inside the second level-1 slot: due and not-due timers share it
+    fired, lines = wheel_lines(lambda: wheel.advance(stop))
+    due = [value for value in order if deadlines[value] <= stop]
+    assert fired == due
+    assert 0 < len(fired) < count // 20
+    assert lines <= 150 + 10 * len(fired)
+    assert_tree_is_exact(wheel)
+    assert wheel.next_deadline() == min(deadline for deadline in deadlines if deadline > stop)
+    assert len(wheel) == count - len(fired)
+    assert wheel.advance(start + 2 * LEVEL_2_SLOT) == order[len(fired) :]
+
+
+def test_cancelling_or_firing_every_timer_leaves_no_bitmap_behind() -> None:
+    for levels in (2, 8):
+        wheel: TimerWheel[int] = TimerWheel(now=3, levels=levels)
+        rng = random.Random(levels)
+        timers = [wheel.insert(rng.randrange(1, 64**5), value) for value in range(5_000)]
+        rng.shuffle(timers)
+        for timer in timers[:2_500]:
+            assert wheel.cancel(timer)
+        assert_tree_is_exact(wheel)
+        wheel.advance(64**4)
+        assert_tree_is_exact(wheel)
+        for timer in timers[2_500:]:
+            wheel.cancel(timer)
+        assert len(wheel) == 0
+        assert not wheel._window
+        assert not wheel._leaves
+        assert not wheel._level1
+        assert not any(wheel._children)
+        assert not any(wheel._occupied)
+        assert wheel.next_deadline() is None
+
+
+def test_overflow_windows_survive_churn_and_fire_in_order() -> None:
+    wheel: TimerWheel[int] = TimerWheel(levels=1)  # span 64 ticks: one window each
+    kept = [wheel.insert(64 * window + 5, window) for window in range(10, 400, 10)]
+    for window in range(1, 2_000):  # arm and disarm a timer in many other windows
+        assert wheel.cancel(wheel.insert(64 * window + 7, -window))
+        # stale window numbers are dropped once they outnumber the live ones
+        assert len(wheel._overflow_windows) <= 2 * len(kept) + 19
+    assert_tree_is_exact(wheel)
+    assert wheel.next_deadline() == kept[0].deadline
+    assert wheel.advance(64 * 2_000) == [timer.value for timer in kept]
