@@ -652,8 +652,10 @@ class JobStoreContract:
             # A job enqueued meanwhile never makes a page repeat or skip a job.
             await job_store.enqueue(make_job(queue="other"))
         listed = [job_id for page in pages for job_id in page]
-        assert all(len(page) == 10 for page in pages[:-1])
-        assert 1 <= len(pages[-1]) <= 10
+        # full pages until the original 25 are through; jobs enqueued meanwhile
+        # (random ids) may land after the cursor and add short pages at the end
+        assert [len(page) for page in pages[:2]] == [10, 10]
+        assert all(1 <= len(page) <= 10 for page in pages)
         assert listed == sorted(listed)
         assert len(listed) == len(set(listed))
         assert ids <= set(listed)
