@@ -52,6 +52,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -366,7 +367,7 @@ def _connect(
         found = _stored_version(connection)
         if found > SCHEMA_VERSION:
             raise SchemaVersionError(location, found, SCHEMA_VERSION)
-        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        mode = _enter_wal(connection, busy_timeout)
         if mode not in ("wal", "memory"):
             raise StorageError(
                 f"SQLite database {location} cannot use a write-ahead log (journal mode "
@@ -380,6 +381,24 @@ def _connect(
             raise StorageError(f"cannot open SQLite database {location}: {error}") from error
         raise
     return connection, location
+
+
+def _enter_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL. SQLite may answer "database is locked" to this without
+    calling the busy handler while another connection switches the same new
+    file, so retry here, within ``busy_timeout`` (we are on a worker thread:
+    a blocking sleep is fine)."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.001
+    while True:
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _prefix_end(prefix: str) -> str | None:
