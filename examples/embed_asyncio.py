@@ -13,29 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import datetime
 
-from kernel import Every, ExitCode, Kernel, Manifest, Plugin, PluginContext
+from examples.heartbeat import Heartbeat, stamp
+from kernel import ExitCode, Kernel
 from kernel.embedding import AsyncioHandle, embed_in_asyncio
-
-
-def stamp() -> str:
-    return datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
-
-
-class Heartbeat(Plugin):
-    """Trio code, run by the guest: prints a line at each fire."""
-
-    manifest = Manifest("heartbeat", description="says it is alive")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-
-    async def on_enable(self, ctx: PluginContext) -> None:
-        ctx.schedule(self.beat, Every(seconds=self.interval))
-
-    def beat(self) -> None:
-        print(f"{stamp()}  kernel: heartbeat")
 
 
 async def serve_requests(host: AsyncioHandle, seconds: float, every: float) -> None:

@@ -12,29 +12,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime
 
-from kernel import Every, ExitCode, Kernel, Manifest, Plugin, PluginContext
+from examples.heartbeat import Heartbeat, stamp
+from kernel import ExitCode, Kernel
 from kernel.embedding import KernelThread
-
-
-def stamp() -> str:
-    return datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
-
-
-class Heartbeat(Plugin):
-    """Runs on the kernel's thread: prints a line at each fire."""
-
-    manifest = Manifest("heartbeat", description="says it is alive")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-
-    async def on_enable(self, ctx: PluginContext) -> None:
-        ctx.schedule(self.beat, Every(seconds=self.interval))
-
-    def beat(self) -> None:
-        print(f"{stamp()}  kernel: heartbeat")
 
 
 def fired(status: dict[str, object]) -> int:

@@ -1,4 +1,5 @@
-"""Interval and cron work under trio, printing each fire.
+"""Interval and cron work under trio, printing each fire; and `Heartbeat`,
+the same as a plugin, which the embedding examples host.
 
 python examples/heartbeat.py            # runs for 12 seconds
 python examples/heartbeat.py --seconds 0  # runs until Ctrl-C
@@ -13,11 +14,26 @@ from datetime import datetime
 
 import trio
 
-from kernel import Clock, Cron, Every, open_scheduler
+from kernel import Clock, Cron, Every, Manifest, Plugin, PluginContext, open_scheduler
 
 
 def stamp() -> str:
     return datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+class Heartbeat(Plugin):
+    """Prints a line at each fire, on the kernel's trio thread."""
+
+    manifest = Manifest("heartbeat", description="says it is alive")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    async def on_enable(self, ctx: PluginContext) -> None:
+        ctx.schedule(self.beat, Every(seconds=self.interval))
+
+    def beat(self) -> None:
+        print(f"{stamp()}  kernel: heartbeat")
 
 
 async def main(seconds: float, clock: Clock | None = None) -> None:
