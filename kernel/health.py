@@ -16,6 +16,7 @@ and the aggregation.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -45,6 +46,7 @@ logger = logging.getLogger("kernel.health")
 OVERALL: Final = "overall"
 
 
+@functools.total_ordering
 class Status(enum.Enum):
     """Health levels, ordered ``HEALTHY < DEGRADED < UNHEALTHY`` so that
     ``max()`` picks the worst. The values are what JSON and notifications show."""
@@ -59,25 +61,10 @@ class Status(enum.Enum):
     def severity(self) -> int:
         return _SEVERITY[self]
 
-    def __lt__(self, other: object) -> bool:
+    def __lt__(self, other: object) -> bool:  # total_ordering derives the rest
         if not isinstance(other, Status):
             return NotImplemented
         return _SEVERITY[self] < _SEVERITY[other]
-
-    def __le__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return _SEVERITY[self] <= _SEVERITY[other]
-
-    def __gt__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return _SEVERITY[self] > _SEVERITY[other]
-
-    def __ge__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return _SEVERITY[self] >= _SEVERITY[other]
 
 
 _SEVERITY: Final = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}

@@ -27,6 +27,7 @@ real system; ``docs/ports.md`` shows how to write and test one.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -550,6 +551,7 @@ MAX_TITLE_LENGTH = 200
 subject, a chat message's first line)."""
 
 
+@functools.total_ordering
 class Level(enum.Enum):
     """How serious a notification is; ordered, and mapped onto `logging` levels.
 
@@ -568,25 +570,10 @@ class Level(enum.Enum):
         """The matching stdlib `logging` level (``logging.WARNING``...)."""
         return _LOGGING_LEVELS[self.value]
 
-    def __lt__(self, other: Level) -> bool:
+    def __lt__(self, other: object) -> bool:  # total_ordering derives the rest
         if not isinstance(other, Level):
             return NotImplemented
         return self.logging_level < other.logging_level
-
-    def __le__(self, other: Level) -> bool:
-        if not isinstance(other, Level):
-            return NotImplemented
-        return self.logging_level <= other.logging_level
-
-    def __gt__(self, other: Level) -> bool:
-        if not isinstance(other, Level):
-            return NotImplemented
-        return self.logging_level > other.logging_level
-
-    def __ge__(self, other: Level) -> bool:
-        if not isinstance(other, Level):
-            return NotImplemented
-        return self.logging_level >= other.logging_level
 
 
 _LOGGING_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
