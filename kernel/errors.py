@@ -500,7 +500,31 @@ class SchemaVersionError(StorageError):
         )
 
 
-__all__ += ["InvalidJob", "JobConflict", "SchemaVersionError"]
+class SchemaOutdated(StorageError):
+    """A database whose schema is older than this trio-kernel needs (or has
+    none yet): refused at open, before anything is read or written. Shared
+    databases are not migrated behind the operator's back; ``kernel db
+    upgrade URL`` applies the missing migrations.
+
+    Carries the database ``location``, the ``found`` version (0: no schema)
+    and the ``required`` one.
+    """
+
+    def __init__(self, location: str, found: int, required: int) -> None:
+        self.location = location
+        self.found = found
+        self.required = required
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        found = "no trio-kernel schema" if self.found == 0 else f"schema version {self.found}"
+        return (
+            f"database {self.location} has {found}, but this trio-kernel needs version "
+            f"{self.required}: run `kernel db upgrade URL` to apply the migrations"
+        )
+
+
+__all__ += ["InvalidJob", "JobConflict", "SchemaOutdated", "SchemaVersionError"]
 
 
 # --- the work queue (kernel.queue) -------------------------------------------

@@ -40,7 +40,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
@@ -59,6 +59,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
+    "EnqueueListener",
     "JobRecord",
     "JobState",
     "JobStore",
@@ -530,8 +531,14 @@ class JobStore(Protocol):
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         """Store ``job`` (state queued); returns it and True.
 
-        If ``job.dedup_key`` is held by a queued or running job, stores
-        nothing and returns that job and False. A stored id is `JobConflict`.
+        A job of a schedule slot (``schedule`` and ``fire_time`` both set)
+        claims that slot (as `claim_slot`) in the same transaction: if the
+        slot was already claimed, by any process, nothing is stored and
+        ``(job, False)`` is returned, so a slot enqueues once cluster-wide and
+        a crash cannot claim a slot without its job. Then, if
+        ``job.dedup_key`` is held by a queued or running job, nothing is
+        stored (the slot stays claimed) and that job and False are returned.
+        A stored id is `JobConflict`.
         """
         ...
 
@@ -654,6 +661,28 @@ class JobStore(Protocol):
         ...
 
 
+@runtime_checkable
+class EnqueueListener(Protocol):
+    """What a store shared by several processes offers so that idle workers
+    wake when another process makes a job claimable (PostgreSQL's
+    LISTEN/NOTIFY), instead of polling. Optional: a store without it is
+    worked from the queue's own timers, which see only this process's jobs.
+    """
+
+    async def listen_enqueued(
+        self,
+        wake: Callable[[str], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Until cancelled, call ``wake(queue)`` on the trio thread whenever
+        any process enqueues into ``queue`` or changes when a job of it is
+        due (`JobStore.enqueue`, `retry_later`, `release`, `retry_dead`,
+        `reap_expired`); ``task_status.started()`` once listening. A lost
+        connection is a `StorageError` (the queue retries with backoff)."""
+        ...
+
+
 # ---------------------------------------------------------------------------
 # Shared by the stores
 # ---------------------------------------------------------------------------
@@ -704,6 +733,13 @@ def lease_expired_error(worker: str | None) -> str:
 def dedup_conflict_reason(dedup_key: str) -> str:
     """`JobConflict`'s reason when requeueing would duplicate a live dedup key."""
     return f"another queued or running job holds its dedup key {dedup_key!r}"
+
+
+def _slot(job: JobRecord) -> tuple[str, datetime] | None:
+    """The schedule slot ``job`` claims when it is enqueued, if any."""
+    if job.schedule is None or job.fire_time is None:
+        return None
+    return job.schedule, job.fire_time
 
 
 def to_epoch_micros(value: datetime) -> int:
@@ -901,12 +937,17 @@ class MemoryJobStore:
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         check_enqueue(job)
         await self._enter()
+        if job.id in self._jobs:
+            raise JobConflict(job.id, "a job with this id is already stored")
+        slot = _slot(job)
+        if slot is not None:
+            if slot in self._slots:
+                return _fresh(job), False
+            self._slots.add(slot)
         if job.dedup_key is not None:
             holder = self._live_dedup.get(job.dedup_key)
             if holder is not None:
                 return _fresh(self._jobs[holder]), False
-        if job.id in self._jobs:
-            raise JobConflict(job.id, "a job with this id is already stored")
         stored = _fresh(job)
         self._jobs[stored.id] = stored
         self._order[stored.id] = next(self._counter)

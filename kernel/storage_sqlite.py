@@ -510,17 +510,26 @@ def _rows(sql: str, params: Sequence[object]) -> Callable[[sqlite3.Connection], 
     return lambda connection: connection.execute(sql, params).fetchall()
 
 
-def _enqueue_with_dedup(
+def _enqueue_checked(
     connection: sqlite3.Connection, job: JobRecord, row: tuple[object, ...]
 ) -> tuple[JobRecord, bool]:
+    """Enqueue a job that claims a schedule slot or holds a dedup key: the
+    checks and the insert in one write transaction."""
     with _immediate(connection):
+        if connection.execute("SELECT 1 FROM kernel_jobs WHERE id = ?", (job.id,)).fetchone():
+            raise JobConflict(job.id, "a job with this id is already stored")
+        if job.schedule is not None and job.fire_time is not None:
+            claimed = connection.execute(
+                "INSERT INTO kernel_schedule_slots (schedule, fire_time) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (job.schedule, to_epoch_micros(job.fire_time)),
+            ).rowcount
+            if claimed != 1:
+                return attrs.evolve(job), False
         holder = None if job.dedup_key is None else _live_holder(connection, job.dedup_key)
         if holder is not None:
             return holder, False
-        try:
-            connection.execute(_INSERT_JOB, row)
-        except sqlite3.IntegrityError:
-            raise JobConflict(job.id, "a job with this id is already stored") from None
+        connection.execute(_INSERT_JOB, row)
     return attrs.evolve(job), True
 
 
@@ -736,8 +745,8 @@ class SQLiteStorage:
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = _job_row(check_enqueue(job))
-        if job.dedup_key is not None:
-            return await self._call(lambda connection: _enqueue_with_dedup(connection, job, row))
+        if job.dedup_key is not None or (job.schedule is not None and job.fire_time is not None):
+            return await self._call(lambda connection: _enqueue_checked(connection, job, row))
 
         def work(connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
             try:

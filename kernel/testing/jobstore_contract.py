@@ -712,6 +712,53 @@ class JobStoreContract:
                     nursery.start_soon(claim)
         assert sorted(results) == [False] * 24 + [True]
 
+    async def test_a_slot_job_is_enqueued_once(self, job_store: JobStore) -> None:
+        first = make_job(schedule="nightly", fire_time=T0)
+        assert (await job_store.enqueue(first))[1] is True
+        again = make_job(schedule="nightly", fire_time=T0.astimezone(timezone(timedelta(hours=2))))
+        record, stored = await job_store.enqueue(again)
+        assert (record.id, stored) == (again.id, False)
+        assert await job_store.get_job(again.id) is None
+        # the slot is the one claim_slot knows, both ways round
+        assert await job_store.claim_slot("nightly", T0) is False
+        assert await job_store.claim_slot("nightly", T0 + timedelta(days=1)) is True
+        late = make_job(schedule="nightly", fire_time=T0 + timedelta(days=1))
+        assert await job_store.enqueue(late) == (late, False)
+        # a job of a schedule with no fire time claims nothing
+        assert (await job_store.enqueue(make_job(schedule="nightly")))[1] is True
+        assert (await job_store.enqueue(make_job(schedule="nightly")))[1] is True
+
+    async def test_a_slot_held_back_by_dedup_stays_claimed(self, job_store: JobStore) -> None:
+        running = make_job(schedule="s", fire_time=T0, dedup_key="schedule:s")
+        await job_store.enqueue(running)
+        overlapping = make_job(
+            schedule="s", fire_time=T0 + timedelta(minutes=1), dedup_key="schedule:s"
+        )
+        record, stored = await job_store.enqueue(overlapping)
+        assert (record.id, stored) == (running.id, False)
+        assert await job_store.claim_slot("s", T0 + timedelta(minutes=1)) is False
+
+    async def test_a_conflicting_id_claims_no_slot(self, job_store: JobStore) -> None:
+        job = make_job()
+        await job_store.enqueue(job)
+        with pytest.raises(JobConflict):
+            await job_store.enqueue(make_job(id=job.id, schedule="s", fire_time=T0))
+        assert await job_store.claim_slot("s", T0) is True
+
+    async def test_concurrent_slot_enqueues_have_one_winner(self, job_store: JobStore) -> None:
+        results: list[bool] = []
+
+        async def fire() -> None:
+            _, stored = await job_store.enqueue(make_job(schedule="every-minute", fire_time=T0))
+            results.append(stored)
+
+        with trio.fail_after(self.timeout):
+            async with trio.open_nursery() as nursery:
+                for _ in range(25):
+                    nursery.start_soon(fire)
+        assert sorted(results) == [False] * 24 + [True]
+        assert len(await job_store.list_jobs(state=JobState.queued)) == 1
+
     async def test_pruned_slots_can_be_claimed_again(self, job_store: JobStore) -> None:
         for minute in range(5):
             assert await job_store.claim_slot("s", T0 + timedelta(minutes=minute))
