@@ -31,19 +31,33 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 import trio
 
 from kernel.breaker import CircuitBreaker
 from kernel.clock import Clock
-from kernel.errors import DuplicateTask, InvalidJob, JobTimedOut, UnknownTask
-from kernel.jobs import JobRecord, JobState, JobStore, utc_datetime, validate_name
+from kernel.errors import (
+    DuplicateTask,
+    InvalidJob,
+    JobTimedOut,
+    StorageError,
+    UnknownTask,
+)
+from kernel.jobs import (
+    EnqueueListener,
+    JobRecord,
+    JobState,
+    JobStore,
+    utc_datetime,
+    validate_name,
+)
 from kernel.metrics import Metrics
 from kernel.ports import JSON, Bus, copy_json
 from kernel.retry import Outcome, RetryPolicy
-from kernel.scheduler import Scheduler
+from kernel.scheduler import Schedule, Scheduler
+from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
 from kernel.wheel import Timer
 
 __all__ = ["BREAKER_FLOOR", "JobQueue", "QueueConfig", "RateLimit", "RateWindow", "TaskSpec"]
@@ -58,6 +72,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 BREAKER_FLOOR: Final = timedelta(seconds=1)
 
 _DEFAULT_POLICY: Final = RetryPolicy()
+
+#: How long claimed schedule slots are remembered (`JobStore.prune_slots`):
+#: a restarted schedule re-plans from its stored last fire, so older slots
+#: are never asked for again.
+SLOT_RETENTION: Final = timedelta(days=1)
+_PRUNE_EVERY: Final = 3600.0
+
+#: Backoff while the store fails (a database restarting): the first wait and the cap.
+_STORE_BACKOFF: Final = (0.1, 30.0)
 
 
 def _default_worker() -> str:
@@ -157,6 +180,39 @@ class _Running:
     job: JobRecord
     scope: trio.CancelScope
     cancelled_by_user: bool = False
+    release: bool = False  # stopped by `stop_queue`: give the attempt back
+
+
+@attrs.define(eq=False)
+class _QueuedSchedule:
+    """A schedule whose slots become jobs of ``task``."""
+
+    trigger: Trigger  # as given: re-anchored when restored from the store
+    task: str
+    queue: str
+    args: list[JSON]
+    kwargs: dict[str, JSON]
+    priority: int
+    dedup_key: str | None
+    schedule: Schedule | None = None
+
+
+class _Backoff:
+    """Exponential waits while the store fails; reset by a success."""
+
+    def __init__(self) -> None:
+        self.wait = _STORE_BACKOFF[0]
+
+    def next(self) -> float:
+        wait, self.wait = self.wait, min(self.wait * 2, _STORE_BACKOFF[1])
+        return wait
+
+    def reset(self) -> None:
+        self.wait = _STORE_BACKOFF[0]
+
+
+def _never() -> None:  # pragma: no cover - a queued schedule emits, never calls
+    raise AssertionError("a queued schedule's function is never called")
 
 
 @attrs.define(eq=False)
@@ -170,6 +226,7 @@ class _QueueState:
     timer_at: float = math.inf
     due_hint: datetime | None = None
     serving: bool = False
+    idle: trio.Event | None = None  # made while `stop_queue` waits
 
 
 def _positive_seconds(field: str, value: object) -> float | None:
@@ -231,6 +288,10 @@ class JobQueue:
         self._task_windows: dict[str, RateWindow | None] = {}
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
+        self._schedules: dict[str, _QueuedSchedule] = {}
+        self._fired: deque[JobRecord] = deque()
+        self._restoring: list[_QueuedSchedule] = []
+        self._feed = trio.Event()
 
     @property
     def clock(self) -> Clock:
@@ -276,7 +337,16 @@ class JobQueue:
         self._tasks[name] = spec
         self._names_by_func[id(func)] = name
         self._task_windows[name] = None if rate_limit is None else RateWindow(rate_limit)
+        self._queue(queue)  # this worker serves the queues of the tasks it knows
         return spec
+
+    def unregister(self, name: str) -> None:
+        """Forget task ``name`` (a stopped plugin's); its queued jobs wait
+        for a worker that knows it. Unknown names are ignored."""
+        spec = self._tasks.pop(name, None)
+        if spec is not None:
+            self._names_by_func.pop(id(spec.func), None)
+            self._task_windows.pop(name, None)
 
     def task(
         self,
@@ -361,6 +431,166 @@ class JobQueue:
         """How many jobs of ``queue_name`` this worker runs now."""
         state = self._queues.get(queue_name)
         return 0 if state is None else len(state.running)
+
+    async def stop_queue(self, queue_name: str) -> None:
+        """Pause ``queue_name`` and interrupt its running jobs, giving their
+        attempts back (a plugin being disabled); returns once none runs."""
+        state = self._queue(queue_name)
+        state.paused = True
+        for run in state.running.values():
+            run.release = True
+            run.scope.cancel()
+        if state.running:
+            state.idle = trio.Event()
+            await state.idle.wait()
+
+    # -- schedules -----------------------------------------------------------
+
+    def add_schedule(
+        self,
+        task: str | Callable[..., Any],
+        trigger: Trigger,
+        *,
+        name: str | None = None,
+        args: list[Any] | tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        misfire: MisfirePolicy | None = None,
+        overlap: OverlapPolicy | None = None,
+    ) -> Schedule:
+        """Enqueue a job of ``task`` at each fire of ``trigger``, so the runs
+        get the task's retries, timeout, breaker and metrics, and run on
+        whichever worker sharing the store claims them.
+
+        Each job carries its slot (``schedule``, ``fire_time``), which the
+        store claims with it: a slot becomes one job across every process
+        running the same schedule. The last fire is stored; a schedule added
+        again (a restart) re-plans from it, and the slots missed meanwhile
+        meet ``misfire``. ``overlap`` is ``SkipIfRunning()`` (the default: no
+        new job while one of this schedule is queued or running, anywhere) or
+        ``AllowOverlap()`` (the queue's concurrency is the limit). Catching up
+        several slots enqueues each.
+        """
+        spec = self._spec(task)
+        label = validate_name("schedule", name if name is not None else spec.name)
+        current = self._schedules.get(label)
+        if current is not None and current.schedule is not None and not current.schedule.finished:
+            raise InvalidJob("name", label, "a schedule of that name is already active")
+        overlap = overlap if overlap is not None else SkipIfRunning()
+        if not isinstance(overlap, SkipIfRunning | AllowOverlap):
+            raise InvalidJob(
+                "overlap",
+                overlap,
+                "a queued schedule takes SkipIfRunning() or AllowOverlap(); "
+                "the queue, not the schedule, holds its waiting runs",
+            )
+        entry = _QueuedSchedule(
+            trigger=trigger,
+            task=spec.name,
+            queue=validate_name("queue", queue if queue is not None else spec.queue),
+            args=cast("list[JSON]", copy_json(list(args), path="args")),
+            kwargs=cast("dict[str, JSON]", copy_json(dict(kwargs or {}), path="kwargs")),
+            priority=priority,
+            dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
+        )
+        JobRecord(  # check the job fields now, not at the first fire
+            task=spec.name,
+            queue=entry.queue,
+            priority=priority,
+            run_at=self.clock.now(),
+            enqueued_at=self.clock.now(),
+        )
+        entry.schedule = self.scheduler.add_schedule(
+            _never,
+            trigger,
+            name=label,
+            misfire=misfire,
+            overlap=overlap,
+            emit=lambda schedule, slots: self._emit(entry, slots),
+        )
+        self._schedules[label] = entry
+        self._queue(entry.queue)
+        self._restoring.append(entry)
+        self._feed.set()
+        return entry.schedule
+
+    def _emit(self, entry: _QueuedSchedule, slots: list[datetime]) -> None:
+        """The scheduler's hand-off, on its driver task: no I/O here, the
+        feeder stores the jobs."""
+        now = self.clock.now()
+        assert entry.schedule is not None
+        for index, slot in enumerate(slots):
+            self._fired.append(
+                JobRecord(
+                    task=entry.task,
+                    args=entry.args,
+                    kwargs=entry.kwargs,
+                    queue=entry.queue,
+                    priority=entry.priority,
+                    run_at=now,
+                    enqueued_at=now,
+                    # caught-up slots after the first are enqueued whatever the overlap
+                    dedup_key=entry.dedup_key if index == 0 else None,
+                    schedule=entry.schedule.name,
+                    fire_time=slot,
+                )
+            )
+        self._feed.set()
+
+    async def _feed_store(self) -> None:
+        """Store the fired slots' jobs and the schedules' last fires, in
+        order; while the store fails, keep them and retry with backoff
+        (storing a slot twice is harmless: the store claims it once)."""
+        backoff = _Backoff()
+        while True:
+            await self._feed.wait()
+            self._feed = trio.Event()
+            try:
+                await self._restore_schedules()
+                await self._store_fired()
+                backoff.reset()
+            except StorageError as exc:
+                wait = backoff.next()
+                log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
+                await self.scheduler.sleep(wait)
+                self._feed.set()
+
+    async def _store_fired(self) -> None:
+        last: dict[str, datetime] = {}
+        while self._fired:
+            job = self._fired[0]
+            stored, created = await self.store.enqueue(job)
+            self._fired.popleft()
+            if job.schedule is not None and job.fire_time is not None:
+                last[job.schedule] = job.fire_time
+            if created:
+                self._wake(stored.queue)
+                await self._publish("job.enqueued", stored)
+        for name, fire_time in last.items():
+            entry = self._schedules.get(name)
+            next_fire = (
+                None if entry is None or entry.schedule is None else entry.schedule.next_fire_time
+            )
+            await self.store.put_schedule_state(
+                name,
+                {
+                    "last_fire_time": fire_time.isoformat(),
+                    "next_fire_time": None if next_fire is None else next_fire.isoformat(),
+                },
+            )
+
+    async def _restore_schedules(self) -> None:
+        """Re-plan each new schedule from its stored last fire."""
+        while self._restoring:
+            entry = self._restoring[0]
+            schedule = entry.schedule
+            assert schedule is not None
+            state = await self.store.get_schedule_state(schedule.name)
+            self._restoring.pop(0)
+            last = None if state is None else state.get("last_fire_time")
+            if isinstance(last, str) and not schedule.finished and not schedule.paused:
+                schedule._restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
 
     # -- enqueue and cancel --------------------------------------------------
 
@@ -481,6 +711,9 @@ class JobQueue:
                     self._start_serving(state)
                 nursery.start_soon(self._renew_leases)
                 nursery.start_soon(self._reap_expired)
+                nursery.start_soon(self._feed_store)
+                if isinstance(self.store, EnqueueListener):
+                    nursery.start_soon(self._listen, self.store)
                 task_status.started()
         finally:
             self._nursery = None
@@ -520,11 +753,34 @@ class JobQueue:
         state.timer = self.scheduler.call_at(deadline, fire)
         state.timer_at = deadline
 
+    async def _listen(self, store: EnqueueListener) -> None:
+        """Wake our queues when another process enqueues into them."""
+        backoff = _Backoff()
+        while True:
+            try:
+                await store.listen_enqueued(self._wake)
+            except StorageError as exc:
+                wait = backoff.next()
+                log.warning("listening for new jobs failed (%s); retrying in %.1f s", exc, wait)
+                await self.scheduler.sleep(wait)
+
     async def _serve(self, state: _QueueState) -> None:
+        backoff = _Backoff()
         async with trio.open_nursery() as jobs:
             while True:
                 state.wake = trio.Event()
-                await self._claim_and_start(state, jobs)
+                try:
+                    await self._claim_and_start(state, jobs)
+                    backoff.reset()
+                except StorageError as exc:
+                    wait = backoff.next()
+                    log.warning(
+                        "queue %s: claiming failed (%s); retrying in %.1f s",
+                        state.config.name,
+                        exc,
+                        wait,
+                    )
+                    self._arm(state, trio.current_time() + wait, None)
                 await state.wake.wait()
 
     async def _claim_and_start(self, state: _QueueState, jobs: trio.Nursery) -> None:
@@ -593,12 +849,18 @@ class JobQueue:
         except BaseException:
             # shutdown: the attempt was interrupted, not failed
             with trio.CancelScope(shield=True):
-                await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
+                try:
+                    await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
+                except StorageError:
+                    log.warning("job %s: could not release it; its lease will run out", job.id)
             raise
         finally:
             state.running.pop(job.id, None)
             self._set_gauge(state)
             state.wake.set()
+            if not state.running and state.idle is not None:
+                state.idle.set()
+                state.idle = None
 
     async def _attempt(self, state: _QueueState, job: JobRecord, scope: trio.CancelScope) -> None:
         spec = self._tasks.get(job.task)
@@ -628,6 +890,9 @@ class JobQueue:
                 breaker.release()
             return
         timeout = job.timeout if job.timeout is not None else spec.timeout
+        if job.fire_time is not None and self.metrics is not None:
+            late = (self.clock.now() - job.fire_time).total_seconds()
+            self.metrics.histogram("schedule_lateness_seconds", task=job.task).observe(late)
         await self._publish("job.started", job)
         started = trio.current_time()
         error: BaseException | None = None
@@ -650,9 +915,12 @@ class JobQueue:
         if self.metrics is not None:
             self.metrics.histogram("job_run_seconds", task=job.task).observe(elapsed)
         if scope.cancelled_caught:
-            # queue.cancel: the store already says cancelled
             if breaker is not None:
                 breaker.release()
+            run = state.running.get(job.id)
+            if run is not None and run.release:  # stop_queue: not the job's fault
+                await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
+            # else queue.cancel, or a lost lease: the store already says so
             return
         if error is None:
             if breaker is not None:
@@ -731,9 +999,14 @@ class JobQueue:
             }
             if not running:
                 continue
-            held = await self.store.heartbeat(
-                list(running), worker=self.worker, lease_until=self.clock.now() + self.lease
-            )
+            try:
+                held = await self.store.heartbeat(
+                    list(running), worker=self.worker, lease_until=self.clock.now() + self.lease
+                )
+            except StorageError as exc:
+                # the next beat may still be in time; if not, the jobs are reaped
+                log.warning("renewing %d lease(s) failed: %s", len(running), exc)
+                continue
             for job_id, run in running.items():
                 if job_id not in held and any(
                     state.running.get(job_id) is run for state in self._queues.values()
@@ -746,9 +1019,17 @@ class JobQueue:
         """Put back the jobs of workers that stopped renewing their leases;
         the next claim buries those with no attempt left."""
         every = self.reap_every.total_seconds()
+        pruned_at = trio.current_time()
         while True:
             await self.scheduler.sleep(every)
-            reaped = await self.store.reap_expired(self.clock.now())
+            try:
+                reaped = await self.store.reap_expired(self.clock.now())
+                if trio.current_time() - pruned_at >= _PRUNE_EVERY:
+                    pruned_at = trio.current_time()
+                    await self.store.prune_slots(older_than=self.clock.now() - SLOT_RETENTION)
+            except StorageError as exc:
+                log.warning("reaping expired leases failed: %s", exc)
+                continue
             if reaped:
                 log.warning("reaped %d job(s) with expired leases", len(reaped))
                 for state in self._queues.values():

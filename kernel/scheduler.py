@@ -51,6 +51,9 @@ log = logging.getLogger("kernel.scheduler")
 
 Callback = Callable[[], None]
 ScheduledFunc = Callable[[], Awaitable[object] | object]
+Emit = Callable[["Schedule", list[datetime]], None]
+"""Hands a schedule's due slots to someone else (the job queue) instead of
+running its function: called on the driver task, so it must be quick."""
 
 
 @attrs.define
@@ -79,6 +82,7 @@ class Schedule:
     """
 
     __slots__ = (
+        "_emit",
         "_fire_at",
         "_idle",
         "_nursery",
@@ -108,6 +112,7 @@ class Schedule:
         misfire: MisfirePolicy,
         overlap: OverlapPolicy,
         nursery: trio.Nursery | None,
+        emit: Emit | None = None,
     ) -> None:
         self.name = name
         self.func = func
@@ -121,6 +126,7 @@ class Schedule:
         self.cancelled = False
         self._scheduler = scheduler
         self._nursery = nursery
+        self._emit = emit
         self._timer: Timer[Callback] | None = None
         self._fire_at: datetime | None = None  # next_fire_time plus its jitter
         self._running: list[trio.CancelScope] = []  # a few at most: a list is lighter
@@ -192,6 +198,15 @@ class Schedule:
             self._scheduler.cancel_timer(self._timer)
             self._timer = None
 
+    def _restart_from(self, after: datetime, trigger: Trigger) -> None:
+        """Plan again from ``after`` (the last fire stored before a restart),
+        anchoring an unanchored `Every` there: the slots since then come due
+        at once and meet the misfire policy."""
+        self._unplan()
+        start = min(after, self._scheduler.clock.now())
+        self.trigger = _anchor(trigger, start)
+        self._plan(after=start)
+
     def _replan_after_jump(self) -> None:
         if self._timer is not None and self._fire_at is not None:
             self._scheduler._reschedule_wall(self._timer, self._fire_at)
@@ -220,7 +235,10 @@ class Schedule:
         runs = plan_misfire(self.misfire, due, now - (self._fire_at - first))
         self.stats.missed += len(due) - len(runs)
         self.stats.fired += len(runs)
-        if runs:
+        if runs and self._emit is not None:
+            self.last_fire_time = runs[-1]
+            self._emit(self, runs)
+        elif runs:
             self.last_fire_time = runs[-1]
             self._admit()
             # caught-up slots run one after another, whatever the overlap policy
@@ -365,12 +383,21 @@ class Scheduler:
         misfire: MisfirePolicy | None = None,
         overlap: OverlapPolicy | None = None,
         nursery: trio.Nursery | None = None,
+        emit: Emit | None = None,
+        after: datetime | None = None,
     ) -> Schedule:
         """Run ``func`` (sync or async, no arguments) at each fire of ``trigger``.
 
         Defaults: ``RunOnce()`` for misfires and ``SkipIfRunning()`` for
         overlaps. Runs start in ``nursery`` (a plugin's, so that disabling the
         plugin cancels them) or else in the scheduler's own.
+
+        With ``emit``, nothing runs here: each due batch of slots (after the
+        misfire policy) is handed to ``emit`` (the job queue enqueues them;
+        the overlap policy is then its business). ``after`` plans from an
+        earlier instant, the last fire before a restart, so the slots missed
+        meanwhile come due at once and meet the misfire policy; an unanchored
+        `Every` is anchored there too, keeping its grid.
         """
         if not callable(func):
             raise TypeError(f"add_schedule needs a callable, got {func!r}")
@@ -379,18 +406,20 @@ class Scheduler:
         if not callable(getattr(trigger, "next_fire_after", None)):
             raise TypeError(f"add_schedule needs a trigger, got {trigger!r}")
         now = self.clock.now()
+        start = now if after is None else min(after, now)
         self._names += 1
         schedule = Schedule(
             self,
             func,
-            _anchor(trigger, now),
+            _anchor(trigger, start),
             name=name or getattr(func, "__qualname__", None) or f"schedule-{self._names}",
             misfire=misfire if misfire is not None else _DEFAULT_MISFIRE,
             overlap=overlap if overlap is not None else _DEFAULT_OVERLAP,
             nursery=nursery,
+            emit=emit,
         )
         self._schedules[id(schedule)] = schedule
-        schedule._plan(after=now)
+        schedule._plan(after=start)
         return schedule
 
     def _forget(self, schedule: Schedule) -> None:

@@ -1,0 +1,1 @@
+"""PostgreSQL for trio-kernel (placeholder while building)."""
