@@ -22,7 +22,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import trio
@@ -30,8 +30,15 @@ import trio
 from kernel.errors import PermissionDenied
 from kernel.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
+from kernel.retry import RetryPolicy
 from kernel.scheduler import Schedule, Scheduler
 from kernel.triggers import MisfirePolicy, OverlapPolicy, Trigger
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from kernel.jobs import JobRecord
+    from kernel.queue import JobQueue
 
 __all__ = [
     "Manifest",
@@ -44,6 +51,12 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+#: How many jobs of one plugin's queue run at once unless it configures its
+#: queue (``ctx.queue.configure(ctx.name, concurrency=...)``).
+_DEFAULT_CONCURRENCY = 4
+
+_RUN_ONCE = RetryPolicy(max_attempts=1)
 
 
 class Permission(enum.Enum):
@@ -199,6 +212,7 @@ class PluginContext:
         notifier: Notifier,
         metrics: MetricsView,
         nursery: trio.Nursery,
+        queue: JobQueue | None = None,
     ) -> None:
         self.name = name
         self.manifest = manifest
@@ -213,6 +227,11 @@ class PluginContext:
         self._nursery = nursery
         self._schedules: list[Schedule] = []
         self._intake: list[trio.CancelScope] = []
+        self._queue = queue
+        self._tasks: list[str] = []
+        if queue is not None:
+            queue.configure(name, concurrency=_DEFAULT_CONCURRENCY)
+            queue.resume(name)  # paused when the previous start stopped
 
     def require(self, permission: Permission) -> None:
         """Raise `PermissionDenied` unless the manifest grants ``permission``."""
@@ -229,10 +248,19 @@ class PluginContext:
         name: str | None = None,
         misfire: MisfirePolicy | None = None,
         overlap: OverlapPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
     ) -> Schedule:
-        """Run ``func`` at each fire of ``trigger``, inside this plugin: the
-        returned `Schedule` can be paused, resumed or cancelled, and goes away
-        when the plugin stops. Each run is timed and logged in one line."""
+        """Run ``func`` at each fire of ``trigger``: the returned `Schedule`
+        can be paused, resumed or cancelled, and goes away when the plugin
+        stops. Each run is timed and logged in one line.
+
+        In a kernel, each fire enqueues a job of the task ``<plugin>.<name>``
+        in the plugin's queue, so runs get ``retry`` and ``timeout``, are
+        stored (a restart meets ``misfire`` for the slots it missed) and fire
+        once across every kernel sharing the storage; ``overlap`` is then
+        ``SkipIfRunning()`` or ``AllowOverlap()``. Without ``retry`` a failed
+        run is not retried: the next slot is its retry."""
         label = name or getattr(func, "__name__", None) or f"schedule-{len(self._schedules) + 1}"
         runs = self.metrics.histogram("schedule_run_seconds", schedule=label)
         failures = self.metrics.counter("schedule_failures", schedule=label)
@@ -250,14 +278,22 @@ class PluginContext:
                     raise
             log.info("%s: ok in %.1f ms", label, (watch.elapsed or 0.0) * 1000)
 
-        schedule = self._scheduler.add_schedule(
-            timed_run,
-            trigger,
-            name=f"{self.name}/{label}",
-            misfire=misfire,
-            overlap=overlap,
-            nursery=self._nursery,
-        )
+        if self._queue is None:
+            if retry is not None or timeout is not None:
+                raise TypeError("retry and timeout need the kernel's job queue")
+            schedule = self._scheduler.add_schedule(
+                timed_run,
+                trigger,
+                name=f"{self.name}/{label}",
+                misfire=misfire,
+                overlap=overlap,
+                nursery=self._nursery,
+            )
+        else:
+            task = self.register_task(label, timed_run, retry=retry or _RUN_ONCE, timeout=timeout)
+            schedule = self._queue.add_schedule(
+                task, trigger, name=f"{self.name}/{label}", misfire=misfire, overlap=overlap
+            )
         self._schedules.append(schedule)
         return schedule
 
@@ -273,6 +309,39 @@ class PluginContext:
         """Run ``func(*args)`` in this plugin's nursery. If it raises, the
         plugin has crashed and its supervisor decides what happens next."""
         self._nursery.start_soon(func, *args, name=name or f"{self.name}: {func!r}")
+
+    # -- jobs ---------------------------------------------------------------------
+
+    @property
+    def queue(self) -> JobQueue:
+        """The kernel's job queue (`RuntimeError` outside a kernel)."""
+        if self._queue is None:
+            raise RuntimeError(f"plugin {self.name!r} runs without the kernel's job queue")
+        return self._queue
+
+    def register_task(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        **options: Any,
+    ) -> str:
+        """Register ``func`` as the task ``<plugin>.<name>`` in the plugin's
+        queue (named after the plugin), for this start; returns the task's
+        full name. ``options`` are `JobQueue.register`'s (breaker,
+        rate_limit). While the plugin is stopped its jobs wait."""
+        full = f"{self.name}.{name}"
+        self.queue.register(full, func, queue=self.name, retry=retry, timeout=timeout, **options)
+        self._tasks.append(full)
+        return full
+
+    async def enqueue(self, task: str, *args: Any, **options: Any) -> JobRecord:
+        """Enqueue a job of this plugin's task ``task`` (or of any task by its
+        full name); ``options`` are `JobQueue.enqueue`'s."""
+        own = f"{self.name}.{task}"
+        return await self.queue.enqueue(own if own in self._tasks else task, *args, **options)
 
     # -- bus ----------------------------------------------------------------------
 
@@ -317,17 +386,26 @@ class PluginContext:
         return self.metrics.histogram("adapter_call_seconds", port=port, operation=operation).time()
 
     def _stop_intake(self) -> None:
-        """No new runs or messages; runs in progress go on."""
+        """No new runs, jobs or messages; runs in progress go on."""
         for schedule in self._schedules:
             schedule.pause()
         for scope in self._intake:
             scope.cancel()
+        if self._queue is not None:
+            self._queue.pause(self.name)
 
     def _close(self) -> None:
-        """The start is over: its schedules are gone for good."""
+        """The start is over: its schedules and tasks are gone for good, and
+        jobs still running are interrupted and put back (attempt refunded)."""
         for schedule in self._schedules:
             schedule.cancel()
+        if self._queue is not None:
+            self._queue.interrupt(self.name)
+            for task in self._tasks:
+                self._queue.unregister(task)
 
     async def _wait_runs_done(self) -> None:
         for schedule in self._schedules:
             await schedule.wait_idle()
+        if self._queue is not None:
+            await self._queue.wait_idle(self.name)

@@ -56,7 +56,7 @@ from kernel.jobs import (
 from kernel.metrics import Metrics
 from kernel.ports import JSON, Bus, copy_json
 from kernel.retry import Outcome, RetryPolicy
-from kernel.scheduler import Schedule, Scheduler
+from kernel.scheduler import Schedule, Scheduler, ScheduleStats
 from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
 from kernel.wheel import Timer
 
@@ -181,6 +181,7 @@ class _Running:
     scope: trio.CancelScope
     cancelled_by_user: bool = False
     release: bool = False  # stopped by `stop_queue`: give the attempt back
+    settling: bool = False  # the call is over; its outcome is being stored
 
 
 @attrs.define(eq=False)
@@ -432,17 +433,27 @@ class JobQueue:
         state = self._queues.get(queue_name)
         return 0 if state is None else len(state.running)
 
-    async def stop_queue(self, queue_name: str) -> None:
-        """Pause ``queue_name`` and interrupt its running jobs, giving their
-        attempts back (a plugin being disabled); returns once none runs."""
+    def interrupt(self, queue_name: str) -> None:
+        """Pause ``queue_name`` and cancel its running jobs, giving their
+        attempts back (a plugin being stopped)."""
         state = self._queue(queue_name)
         state.paused = True
         for run in state.running.values():
             run.release = True
             run.scope.cancel()
-        if state.running:
-            state.idle = trio.Event()
+
+    async def wait_idle(self, queue_name: str) -> None:
+        """Until no job of ``queue_name`` runs here."""
+        state = self._queues.get(queue_name)
+        if state is not None and state.running:
+            if state.idle is None:
+                state.idle = trio.Event()
             await state.idle.wait()
+
+    async def stop_queue(self, queue_name: str) -> None:
+        """`interrupt`, then wait until the interrupted jobs are put back."""
+        self.interrupt(queue_name)
+        await self.wait_idle(queue_name)
 
     # -- schedules -----------------------------------------------------------
 
@@ -567,6 +578,10 @@ class JobQueue:
             if created:
                 self._wake(stored.queue)
                 await self._publish("job.enqueued", stored)
+            elif stored.id != job.id:  # held back by the overlap policy
+                stats = self._schedule_stats(job)
+                if stats is not None:
+                    stats.skipped += 1
         for name, fire_time in last.items():
             entry = self._schedules.get(name)
             next_fire = (
@@ -832,6 +847,11 @@ class JobQueue:
             else:
                 self._arm(state, deadline, due)
 
+    def _schedule_stats(self, job: JobRecord) -> ScheduleStats | None:
+        """The stats of the local schedule that enqueued ``job``, if any."""
+        entry = None if job.schedule is None else self._schedules.get(job.schedule)
+        return None if entry is None or entry.schedule is None else entry.schedule.stats
+
     def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
         if job.retry is not None:
             return RetryPolicy.from_json(job.retry)
@@ -894,6 +914,9 @@ class JobQueue:
             late = (self.clock.now() - job.fire_time).total_seconds()
             self.metrics.histogram("schedule_lateness_seconds", task=job.task).observe(late)
         await self._publish("job.started", job)
+        stats = self._schedule_stats(job)
+        if stats is not None:
+            stats.started += 1
         started = trio.current_time()
         error: BaseException | None = None
         try:
@@ -911,6 +934,17 @@ class JobQueue:
             if breaker is not None:
                 breaker.release()
             raise
+        finally:
+            run = state.running.get(job.id)
+            if run is not None:
+                run.settling = True
+        if stats is not None:
+            if scope.cancelled_caught:
+                stats.cancelled += 1
+            elif error is None:
+                stats.succeeded += 1
+            else:
+                stats.failed += 1
         elapsed = trio.current_time() - started
         if self.metrics is not None:
             self.metrics.histogram("job_run_seconds", task=job.task).observe(elapsed)
@@ -1008,8 +1042,10 @@ class JobQueue:
                 log.warning("renewing %d lease(s) failed: %s", len(running), exc)
                 continue
             for job_id, run in running.items():
-                if job_id not in held and any(
-                    state.running.get(job_id) is run for state in self._queues.values()
+                if (
+                    job_id not in held
+                    and not run.settling
+                    and any(state.running.get(job_id) is run for state in self._queues.values())
                 ):
                     log.warning("job %s: lease lost, cancelling its run", job_id)
                     run.cancelled_by_user = True

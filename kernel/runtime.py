@@ -31,9 +31,11 @@ from kernel.config import key_path, structure_config
 from kernel.discovery import open_bus, open_notifier, open_storage
 from kernel.errors import PluginDependencyError, PluginStateError
 from kernel.health import HealthMonitor, HealthTransition
+from kernel.jobs import JobStore, MemoryJobStore
 from kernel.metrics import Metrics
 from kernel.plugins import Manifest, Plugin
 from kernel.ports import Bus, Level, Notifier, Storage
+from kernel.queue import JobQueue
 from kernel.scheduler import Scheduler
 from kernel.supervisor import KernelServices, PluginState, PluginSupervisor
 
@@ -119,7 +121,9 @@ class Kernel:
     """The root of a trio-kernel; see the module docstring.
 
     ``storage``, ``bus`` and ``notifier`` are adapter objects or URLs
-    (``memory://``, ``local://``, ``log://`` by default). ``clock`` is for
+    (``memory://``, ``local://``, ``log://`` by default). The job queue keeps
+    its jobs in ``jobs`` if given, else in the storage when it can (SQLite,
+    PostgreSQL), else in memory. ``clock`` is for
     tests (`Clock.starting_at` under ``MockClock``).
     """
 
@@ -130,6 +134,7 @@ class Kernel:
         storage: Storage | str = "memory://",
         bus: Bus | str = "local://",
         notifier: Notifier | str = "log://",
+        jobs: JobStore | None = None,
         clock: Clock | None = None,
         shutdown_grace: float = 10.0,
         enable_timeout: float = 30.0,
@@ -140,6 +145,7 @@ class Kernel:
         self.health = HealthMonitor(on_transition=self._on_health_transition)
         self.exit_code = ExitCode.OK
         self._adapters = (storage, bus, notifier)
+        self._jobs = jobs
         self._clock = clock
         self._shutdown_grace = shutdown_grace
         self._enable_timeout = enable_timeout
@@ -178,6 +184,13 @@ class Kernel:
         return self._require_services().storage
 
     @property
+    def queue(self) -> JobQueue:
+        """The job queue: schedules enqueue here; register tasks and enqueue."""
+        queue = self._require_services().queue
+        assert queue is not None
+        return queue
+
+    @property
     def bus(self) -> Bus:
         return self._require_services().bus
 
@@ -199,9 +212,12 @@ class Kernel:
         await stack.__aenter__()
         try:
             storage, bus, notifier = await self._open_adapters(stack)
+            jobs = await self._job_store(storage, stack)
             nursery = await stack.enter_async_context(trio.open_nursery())
             scheduler = Scheduler(self._clock)
             await nursery.start(scheduler.run)
+            queue = JobQueue(jobs, scheduler, bus=bus, metrics=self.metrics)
+            await nursery.start(queue.run)
             services = KernelServices(
                 scheduler=scheduler,
                 storage=storage,
@@ -212,6 +228,7 @@ class Kernel:
                 record_state=self._record_state,
                 shutdown_grace=self._shutdown_grace,
                 enable_timeout=self._enable_timeout,
+                queue=queue,
             )
             self._stack, self._nursery, self._services = stack, nursery, services
             await nursery.start(self.health.run, self._health_interval)
@@ -276,6 +293,15 @@ class Kernel:
             notifier = await open_notifier(notifier)
             stack.push_async_callback(notifier.aclose)
         return storage, bus, notifier
+
+    async def _job_store(self, storage: Storage, stack: AsyncExitStack) -> JobStore:
+        if self._jobs is not None:
+            return self._jobs
+        if isinstance(storage, JobStore):
+            return storage
+        store = MemoryJobStore()
+        stack.push_async_callback(store.aclose)
+        return store
 
     async def _start_plugin(self, name: str) -> None:
         spec = self._specs[name]

@@ -30,6 +30,7 @@ from kernel.health import HealthMonitor, HealthReport, Status
 from kernel.metrics import Metrics
 from kernel.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
 from kernel.ports import Bus, Level, Notifier, Storage
+from kernel.queue import JobQueue
 from kernel.scheduler import Scheduler
 
 __all__ = ["KernelServices", "PluginState", "PluginSupervisor", "RestartBudget", "should_restart"]
@@ -86,6 +87,7 @@ class KernelServices:
     record_state: Callable[[str, PluginState, str], Awaitable[None]]
     shutdown_grace: float = 10.0
     enable_timeout: float = 30.0
+    queue: JobQueue | None = None
 
     def plugin_context(
         self, name: str, manifest: Manifest, config: Any, nursery: trio.Nursery
@@ -101,6 +103,7 @@ class KernelServices:
             notifier=self.notifier,
             metrics=self.metrics.scoped(plugin=name),
             nursery=nursery,
+            queue=self.queue,
         )
 
 
