@@ -23,13 +23,23 @@ import trio
 
 from kernel.config import KernelConfig, load_config, parse_duration
 from kernel.cron import CronExpression
-from kernel.discovery import load_plugin_factory, open_storage
-from kernel.errors import CronSyntaxError, KernelError
+from kernel.discovery import load_plugin_factory, open_storage, redact_url, upgrade_storage
+from kernel.errors import (
+    AdapterLoadError,
+    AdapterNotFound,
+    CronSyntaxError,
+    EntryPointConflict,
+    InvalidAdapterURL,
+    KernelError,
+)
 from kernel.plugins import Manifest
 from kernel.runtime import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
 from kernel.status import StatusUnavailable, read_status, serve_status
 
 __all__ = ["KernelGroup", "main"]
+
+_URL_ERRORS = (InvalidAdapterURL, AdapterNotFound, AdapterLoadError, EntryPointConflict)
+"""Errors that mean the URL on the command line is wrong (exit 2)."""
 
 
 class KernelGroup(click.Group):
@@ -354,6 +364,33 @@ def status_command(config_path: str | None, socket_option: str | None, as_json: 
         for s in status["schedules"]
     ]
     _table(rows)
+
+
+@main.group("db", cls=KernelGroup)
+def db_group() -> None:
+    """Manage a storage database's schema."""
+
+
+@db_group.command("upgrade")
+@click.argument("url")
+def db_upgrade(url: str) -> None:
+    """Apply the missing schema migrations of the storage at URL.
+
+    Shared databases (postgresql://) are never migrated when a kernel
+    starts: a kernel finding an old schema refuses to start and names this
+    command. Safe to run while kernels run, and from several hosts at once.
+    """
+    try:
+        applied = trio.run(upgrade_storage, url)
+    except _URL_ERRORS as error:
+        raise click.UsageError(str(error)) from None
+    except KernelError as error:
+        _fail(str(error), 1)
+    where = redact_url(url)
+    if applied:
+        click.echo(f"{where}: applied schema version(s) {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"{where}: the schema is up to date")
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

@@ -798,7 +798,9 @@ class KernelSettings:
     paces itself. Adapter URLs are only checked for a ``scheme://`` shape
     here; `kernel.discovery` finds (or fails to find) the adapter."""
 
-    storage: str = attrs.field(default="memory://", validator=_adapter_url)
+    #: The runner's durable default: jobs, schedules and plugin states in a
+    #: SQLite file in the working directory (embedding defaults to memory).
+    storage: str = attrs.field(default="sqlite:///kernel.db", validator=_adapter_url)
     bus: str = attrs.field(default="local://", validator=_adapter_url)
     notifier: str = attrs.field(default="log://", validator=_adapter_url)
     #: How long each plugin may take to stop before it is cancelled.

@@ -52,6 +52,8 @@ from kernel.ports import Bus, Notifier, Storage
 __all__ = [
     "BUS_ADAPTERS",
     "BUS_GROUP",
+    "MIGRATE_GROUP",
+    "MIGRATIONS",
     "NOTIFIER_ADAPTERS",
     "NOTIFIER_GROUP",
     "PLUGINS_GROUP",
@@ -65,6 +67,7 @@ __all__ = [
     "open_notifier",
     "open_storage",
     "redact_url",
+    "upgrade_storage",
     "url_options",
     "url_scheme",
 ]
@@ -73,6 +76,7 @@ STORAGE_GROUP = "kernel.storage"
 BUS_GROUP = "kernel.bus"
 NOTIFIER_GROUP = "kernel.notifier"
 PLUGINS_GROUP = "kernel.plugins"
+MIGRATE_GROUP = "kernel.migrate"
 
 EntryPointSource = Callable[[str], Iterable[importlib.metadata.EntryPoint]]
 """Returns the entry points of one group; `installed_entry_points` or a fake."""
@@ -293,6 +297,32 @@ NOTIFIER_ADAPTERS = AdapterRegistry(
     Notifier,
     {"log": "kernel.notifier_log:open_log_notifier"},
 )
+
+
+MIGRATIONS = AdapterRegistry(
+    "schema migration",
+    MIGRATE_GROUP,
+    object,
+    {
+        "memory": "kernel.storage_memory:upgrade_memory_storage",
+        "sqlite": "kernel.storage_sqlite:upgrade_sqlite_storage",
+    },
+)
+"""How each storage scheme brings its schema up to date: a callable taking
+the URL and returning the schema versions it applied (awaitable or not)."""
+
+
+async def upgrade_storage(url: str) -> list[int]:
+    """Apply the missing schema migrations of the storage at ``url`` (``kernel
+    db upgrade``); the versions applied, [] if it was up to date. Shared
+    databases (PostgreSQL) are only ever migrated this way, never at start."""
+    if not isinstance(url, str):
+        raise InvalidAdapterURL(url, "must be a URL string")
+    upgrade = MIGRATIONS.factory_for(url_scheme(url), url=url)
+    applied = upgrade(url)
+    if inspect.isawaitable(applied):
+        applied = await applied
+    return sorted(cast("list[int]", applied))
 
 
 async def open_storage(url: str) -> Storage:

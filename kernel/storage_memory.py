@@ -135,3 +135,8 @@ if TYPE_CHECKING:
 
     def _keeps_the_port(storage: MemoryStorage) -> Storage:
         return storage  # mypy proves MemoryStorage satisfies the Storage protocol
+
+
+def upgrade_memory_storage(url: str) -> list[int]:
+    """``kernel db upgrade`` for ``memory://``: there is no schema to upgrade."""
+    return []

@@ -300,6 +300,24 @@ async def open_sqlite_storage(url: str) -> SQLiteStorage:
     )
 
 
+async def upgrade_sqlite_storage(url: str) -> list[int]:
+    """``kernel db upgrade`` for ``sqlite://``: opening a SQLite store
+    already migrates it (one process owns the file); this says which
+    schema versions that applied."""
+    options = parse_sqlite_url(url)
+    before = await trio.to_thread.run_sync(_version_of, options.path)
+    storage = await open_sqlite_storage(url)
+    await storage.aclose()
+    return [migration.version for migration in MIGRATIONS if migration.version > before]
+
+
+def _version_of(path: str) -> int:
+    if path == MEMORY or not os.path.exists(path):
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return _stored_version(connection)
+
+
 # ---------------------------------------------------------------------------
 # Plumbing that runs in the worker thread
 # ---------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def structure_error(data: Any, cls: type, *, prefix: str = "") -> ConfigError:
 def test_an_empty_document_is_all_defaults() -> None:
     config = parse_config("", source="empty.toml")
     assert config == KernelConfig(kernel=KernelSettings(), plugins={}, source="empty.toml")
-    assert config.kernel.storage == "memory://"
+    assert config.kernel.storage == "sqlite:///kernel.db"
     assert config.kernel.bus == "local://"
     assert config.kernel.notifier == "log://"
     assert config.kernel.shutdown_grace == datetime.timedelta(seconds=10)

@@ -414,7 +414,9 @@ async def test_example_config_loads_and_runs(path: Path, autojump_clock: MockClo
     settings = config.kernel
     k = Kernel(
         specs,
-        storage=settings.storage,
+        # the runner's default, SQLite in ./kernel.db, would write into the
+        # checkout, and its worker threads would let MockClock run ahead
+        storage="memory://" if settings.storage.startswith("sqlite:") else settings.storage,
         bus=settings.bus,
         notifier=settings.notifier,
         health_interval=settings.health_interval.total_seconds(),
