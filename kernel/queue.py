@@ -31,7 +31,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
@@ -50,6 +50,9 @@ from kernel.jobs import (
     JobRecord,
     JobState,
     JobStore,
+    clone_json,
+    derive_record,
+    new_job_id,
     utc_datetime,
     validate_name,
 )
@@ -186,15 +189,10 @@ class _Running:
 
 @attrs.define(eq=False)
 class _QueuedSchedule:
-    """A schedule whose slots become jobs of ``task``."""
+    """A schedule whose slots become copies of ``template``, a checked job."""
 
     trigger: Trigger  # as given: re-anchored when restored from the store
-    task: str
-    queue: str
-    args: list[JSON]
-    kwargs: dict[str, JSON]
-    priority: int
-    dedup_key: str | None
+    template: JobRecord
     schedule: Schedule | None = None
 
 
@@ -496,21 +494,20 @@ class JobQueue:
                 "a queued schedule takes SkipIfRunning() or AllowOverlap(); "
                 "the queue, not the schedule, holds its waiting runs",
             )
+        now = self.clock.now()
         entry = _QueuedSchedule(
-            trigger=trigger,
-            task=spec.name,
-            queue=validate_name("queue", queue if queue is not None else spec.queue),
-            args=cast("list[JSON]", copy_json(list(args), path="args")),
-            kwargs=cast("dict[str, JSON]", copy_json(dict(kwargs or {}), path="kwargs")),
-            priority=priority,
-            dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
-        )
-        JobRecord(  # check the job fields now, not at the first fire
-            task=spec.name,
-            queue=entry.queue,
-            priority=priority,
-            run_at=self.clock.now(),
-            enqueued_at=self.clock.now(),
+            trigger,
+            JobRecord(  # every field checked now, not at the first fire
+                task=spec.name,
+                args=list(args),
+                kwargs=dict(kwargs or {}),
+                queue=queue if queue is not None else spec.queue,
+                priority=priority,
+                run_at=now,
+                enqueued_at=now,
+                dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
+                schedule=label,
+            ),
         )
         entry.schedule = self.scheduler.add_schedule(
             _never,
@@ -521,7 +518,7 @@ class JobQueue:
             emit=lambda schedule, slots: self._emit(entry, slots),
         )
         self._schedules[label] = entry
-        self._queue(entry.queue)
+        self._queue(entry.template.queue)
         self._restoring.append(entry)
         self._feed.set()
         return entry.schedule
@@ -530,23 +527,19 @@ class JobQueue:
         """The scheduler's hand-off, on its driver task: no I/O here, the
         feeder stores the jobs."""
         now = self.clock.now()
-        assert entry.schedule is not None
+        template = entry.template
         for index, slot in enumerate(slots):
-            self._fired.append(
-                JobRecord(
-                    task=entry.task,
-                    args=entry.args,
-                    kwargs=entry.kwargs,
-                    queue=entry.queue,
-                    priority=entry.priority,
-                    run_at=now,
-                    enqueued_at=now,
-                    # caught-up slots after the first are enqueued whatever the overlap
-                    dedup_key=entry.dedup_key if index == 0 else None,
-                    schedule=entry.schedule.name,
-                    fire_time=slot,
-                )
-            )
+            changes: dict[str, object] = {
+                "id": new_job_id(),
+                "args": clone_json(template.args),
+                "kwargs": clone_json(template.kwargs),
+                "run_at": now,
+                "enqueued_at": now,
+                "fire_time": utc_datetime(slot, field="fire_time"),
+            }
+            if index:  # caught-up slots after the first are enqueued whatever the overlap
+                changes["dedup_key"] = None
+            self._fired.append(derive_record(template, changes))
         self._feed.set()
 
     async def _feed_store(self) -> None:
@@ -1011,6 +1004,9 @@ class JobQueue:
             "queue": job.queue,
             "attempts": job.attempts,
         }
+        if job.fire_time is not None:
+            payload["schedule"] = job.schedule
+            payload["fire_time"] = job.fire_time.isoformat()
         for key, value in extra.items():
             payload[key] = value.isoformat() if isinstance(value, datetime) else value
         try:

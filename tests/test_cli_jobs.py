@@ -301,7 +301,7 @@ def test_a_store_is_required_and_only_one(db: Path, tmp_path: Path) -> None:
     assert_one_error_line(run("jobs", "dead", "--config", "x.toml", store=db), 2, "not both")
     assert_one_error_line(run("jobs", "dead", "--config", str(tmp_path / "no.toml")), 2)
     config = tmp_path / "kernel.toml"
-    config.write_text("[kernel]\n")  # storage defaults to memory://
+    config.write_text('[kernel]\nstorage = "memory://"\n')
     assert_one_error_line(run("jobs", "dead", "--config", str(config)), 2, "memory://")
 
 

@@ -34,7 +34,9 @@ every = "50ms"
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    # the runner's default storage is ./kernel.db: keep it out of the checkout
+    monkeypatch.chdir(tmp_path)
     path = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.syspath_prepend(str(PLUGINS))
