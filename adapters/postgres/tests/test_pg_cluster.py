@@ -1,0 +1,390 @@
+"""What only a shared server has: several nodes on one schema, wake-ups
+across nodes, connections killed under a running storage or bus."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import trio
+from pg_helpers import Admin, with_options
+
+from kernel.errors import JobConflict, StorageClosed, StorageError
+from kernel.jobs import EnqueueListener, JobRecord, JobState
+from kernel.ports import JSON
+from kernel.queue import JobQueue
+from kernel.scheduler import open_scheduler
+from kernel.testing.jobstore_contract import LEASE, T0, make_job
+from kernel_postgres import MessageTooLarge, PostgresStorage, open_bus, open_storage
+from kernel_postgres._url import quote_identifier
+
+WAIT = 10.0
+"""Real seconds to wait for something that must happen (a hang guard)."""
+
+
+@pytest.fixture
+async def node_a(pg_url: str) -> AsyncIterator[PostgresStorage]:
+    async with await open_storage(pg_url) as storage:
+        yield storage
+
+
+@pytest.fixture
+async def node_b(pg_url: str) -> AsyncIterator[PostgresStorage]:
+    async with await open_storage(pg_url) as storage:
+        yield storage
+
+
+def kill_connections(admin: Admin, app_name: str) -> int:
+    """Terminate every backend of ``app_name`` (a node's pool and listener)."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s "
+        "AND pid <> pg_backend_pid()",
+        (app_name,),
+    ).fetchall()
+    return len(rows)
+
+
+class Wakes:
+    """A ``wake`` callback that remembers which queues were woken."""
+
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, queue: str) -> None:
+        self.queues.append(queue)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, queue: str) -> None:
+        with trio.fail_after(WAIT):
+            while queue not in self.queues:
+                await self._changed.wait()
+
+
+# -- jobs across nodes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aging", [None, timedelta(seconds=60)])
+async def test_two_nodes_never_claim_the_same_job(
+    node_a: PostgresStorage, node_b: PostgresStorage, aging: timedelta | None
+) -> None:
+    count = 300
+    for index in range(count):
+        await (node_a if index % 2 else node_b).enqueue(
+            make_job(priority=index % 5, at=-timedelta(seconds=index))
+        )
+    taken: dict[str, list[str]] = {}
+
+    async def worker(node: PostgresStorage, name: str) -> None:
+        while batch := await node.claim(
+            "default", worker=name, now=T0, lease=LEASE, limit=7, aging=aging
+        ):
+            for job in batch:
+                taken.setdefault(job.id, []).append(name)
+
+    with trio.fail_after(WAIT * 3):
+        async with trio.open_nursery() as nursery:
+            for index in range(6):
+                nursery.start_soon(worker, node_a if index % 2 else node_b, f"w{index}")
+    assert len(taken) == count
+    assert all(len(workers) == 1 for workers in taken.values())
+    assert len(await node_a.list_jobs(state=JobState.running, limit=1000)) == count
+
+
+async def test_a_slot_enqueued_from_two_nodes_is_stored_once(
+    node_a: PostgresStorage, node_b: PostgresStorage
+) -> None:
+    results: list[bool] = []
+
+    async def fire(node: PostgresStorage) -> None:
+        _, stored = await node.enqueue(make_job(schedule="nightly", fire_time=T0))
+        results.append(stored)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(16):
+            nursery.start_soon(fire, node_a if index % 2 else node_b)
+    assert sorted(results) == [False] * 15 + [True]
+    assert len(await node_b.list_jobs()) == 1
+    assert await node_a.claim_slot("nightly", T0) is False
+
+
+async def test_a_dedup_key_enqueued_from_two_nodes_is_held_once(
+    node_a: PostgresStorage, node_b: PostgresStorage
+) -> None:
+    results: list[tuple[str, bool]] = []
+
+    async def enqueue(node: PostgresStorage, index: int) -> None:
+        job, stored = await node.enqueue(make_job(dedup_key="sync", args=[index]))
+        results.append((job.id, stored))
+
+    async with trio.open_nursery() as nursery:
+        for index in range(16):
+            nursery.start_soon(enqueue, node_a if index % 2 else node_b, index)
+    assert sum(stored for _, stored in results) == 1
+    assert len({job_id for job_id, _ in results}) == 1
+
+
+async def test_a_reused_id_with_a_held_dedup_key_is_a_conflict(node_a: PostgresStorage) -> None:
+    job, _ = await node_a.enqueue(make_job(dedup_key="k"))
+    with pytest.raises(JobConflict):
+        await node_a.enqueue(make_job(id=job.id, dedup_key="k"))
+    with pytest.raises(JobConflict):
+        await node_a.enqueue(make_job(id=job.id, dedup_key="k", schedule="s", fire_time=T0))
+    assert await node_a.claim_slot("s", T0) is True
+
+
+# -- waking idle nodes ---------------------------------------------------------------
+
+
+async def test_a_node_wakes_when_another_enqueues(
+    node_a: PostgresStorage, node_b: PostgresStorage
+) -> None:
+    wakes = Wakes()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        await node_b.enqueue(make_job(queue="mail"))
+        await wakes.wait_for("mail")
+        # due-time changes wake too; claims and completions do not
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.retry_later(job.id, worker="w", error="x", run_at=T0)
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.release(job.id, worker="w", run_at=T0)
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.reap_expired(T0 + LEASE) == [job.id]
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.bury(job.id, worker="w", error="x", now=T0)
+        assert await node_b.retry_dead(job.id, now=T0) is not None
+        await node_b.enqueue(make_job(queue="sentinel"))
+        await wakes.wait_for("sentinel")
+        assert wakes.queues == ["mail"] * 5 + ["sentinel"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_long_schema_name_still_wakes(admin: Admin, pg_server: str) -> None:
+    # "kernel_jobs:" + 60 characters is past NOTIFY's 63-byte channel names:
+    # the trigger and the listener both fall back to a hash of the schema.
+    from kernel_postgres.schema import apply_migrations
+
+    schema = f"kt_{uuid.uuid4().hex}{'x' * 25}"
+    apply_migrations(admin, schema, schema)
+    try:
+        url = with_options(pg_server, schema=schema, pool_size=1)
+        async with await open_storage(url) as storage:
+            wakes = Wakes()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(storage.listen_enqueued, wakes)
+                await storage.enqueue(make_job(queue="q"))
+                await wakes.wait_for("q")
+                nursery.cancel_scope.cancel()
+    finally:
+        admin.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
+
+
+async def test_the_listener_reconnects_and_wakes_every_known_queue(
+    admin: Admin, app_name: str, node_a: PostgresStorage, node_b: PostgresStorage
+) -> None:
+    await node_b.enqueue(make_job(queue="backlog"))
+    await node_a.next_due("known")  # a queue node A works on, with nothing queued
+    wakes = Wakes()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        assert kill_connections(admin, app_name) >= 1
+        # notifications sent while it was away are lost: it wakes them all
+        await wakes.wait_for("backlog")
+        await wakes.wait_for("known")
+        with trio.fail_after(WAIT):
+            while "after" not in wakes.queues:
+                await node_b.enqueue(make_job(queue="after"))
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_listening_on_a_closed_storage_is_refused(pg_url: str) -> None:
+    storage = await open_storage(pg_url)
+    async with trio.open_nursery() as nursery:
+        closed = trio.Event()
+
+        async def listen() -> None:
+            with pytest.raises(StorageClosed):
+                await storage.listen_enqueued(lambda queue: None)
+            closed.set()
+
+        await nursery.start(_started, listen)
+        await trio.sleep(0.1)
+        await storage.aclose()
+        with trio.fail_after(WAIT):
+            await closed.wait()
+    with pytest.raises(StorageClosed):
+        await storage.listen_enqueued(lambda queue: None)
+
+
+async def _started(
+    function: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    await function()  # type: ignore[operator]
+
+
+# -- failures ----------------------------------------------------------------------
+
+
+async def test_storage_survives_its_connections_being_killed(
+    admin: Admin, app_name: str, node_a: PostgresStorage
+) -> None:
+    await node_a.put("ns", "k", 1)
+    job, _ = await node_a.enqueue(make_job())
+    assert kill_connections(admin, app_name) == 4
+    # the server said it ended each session before running anything: the
+    # call is retried on a fresh connection, writes included
+    assert await node_a.get("ns", "k") == 1
+    assert kill_connections(admin, app_name) >= 1  # the pool may be refilling
+    (claimed,) = await node_a.claim("default", worker="w", now=T0, lease=LEASE)
+    assert claimed.id == job.id
+    assert kill_connections(admin, app_name) >= 1
+    assert await node_a.complete(job.id, worker="w", now=T0) is True
+    assert await node_a.delete("ns", "k") is True
+
+
+async def test_a_driver_failure_is_a_storage_error(
+    admin: Admin, schema: str, node_a: PostgresStorage
+) -> None:
+    admin.execute(f"DROP TABLE {quote_identifier(schema)}.kernel_kv")
+    with pytest.raises(StorageError) as failed:
+        await node_a.get("ns", "k")
+    assert isinstance(failed.value.__cause__, psycopg.errors.UndefinedTable)
+    await node_a.enqueue(make_job())  # the rest still works
+
+
+# -- the bus across nodes ----------------------------------------------------------
+
+
+async def test_the_bus_carries_messages_between_nodes(pg_url: str) -> None:
+    huge: dict[str, JSON] = {
+        "text": "é☃𝄞" * 30_000,
+        "n": list(range(2000)),
+    }  # about 240 KB: 31 chunks
+    async with await open_bus(pg_url) as node_a, await open_bus(pg_url) as node_b:
+        async with node_a.subscribe("jobs.#") as subscription:
+            await node_b.publish("jobs.done", {"id": 1})
+            await node_b.publish("jobs.huge", huge)
+            await node_b.publish("jobs.last", None)
+            with trio.fail_after(WAIT):
+                got = [await subscription.receive() for _ in range(3)]
+        assert [(m.topic, m.payload) for m in got] == [
+            ("jobs.done", {"id": 1}),
+            ("jobs.huge", huge),
+            ("jobs.last", None),
+        ]
+
+
+async def test_a_message_too_large_is_refused(pg_url: str) -> None:
+    async with (
+        await open_bus(with_options(pg_url, max_message=1000)) as bus,
+        bus.subscribe("t") as subscription,
+    ):
+        with pytest.raises(MessageTooLarge) as refused:
+            await bus.publish("t", "x" * 1000)
+        assert (refused.value.size, refused.value.limit) == (1002, 1000)
+        assert isinstance(refused.value, ValueError)
+        assert "1002 bytes" in str(refused.value)
+        await bus.publish("t", "x" * 998)
+        with trio.fail_after(WAIT):
+            assert (await subscription.receive()).payload == "x" * 998
+
+
+async def test_the_bus_listener_reconnects(admin: Admin, app_name: str, pg_url: str) -> None:
+    async with await open_bus(pg_url) as bus:
+        async with bus.subscribe("t.*") as subscription:
+            assert kill_connections(admin, app_name) >= 1
+            received = trio.Event()
+
+            async def publish_until_received() -> None:
+                number = 0
+                while not received.is_set():
+                    await bus.publish("t.x", number)
+                    number += 1
+                    await trio.sleep(0.05)
+
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(publish_until_received)
+                    message = await subscription.receive()
+                    received.set()
+            assert message.topic == "t.x"
+        # a subscription made after the outage works as any other
+        async with bus.subscribe("t.*") as again:
+            await bus.publish("t.y", "fresh")
+            with trio.fail_after(WAIT):
+                assert (await again.receive()).payload == "fresh"
+
+
+async def test_jobs_listen_on_their_own_channel(pg_url: str, node_a: PostgresStorage) -> None:
+    wakes = Wakes()
+    async with await open_bus(pg_url) as bus, trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        async with bus.subscribe("#") as subscription:
+            await node_a.enqueue(make_job(queue="q"))
+            await wakes.wait_for("q")
+            await bus.publish("b", 1)
+            with trio.fail_after(WAIT):
+                message = await subscription.receive()
+        assert (message.topic, message.payload) == ("b", 1)
+        assert wakes.queues == ["q"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_claim_with_aging_uses_whole_periods(node_a: PostgresStorage) -> None:
+    # the aging arithmetic runs in SQL on integer microseconds
+    waited, _ = await node_a.enqueue(make_job(priority=0, at=-timedelta(seconds=20)))
+    fresh, _ = await node_a.enqueue(make_job(priority=2))
+    claimed = await node_a.claim(
+        "default", worker="w", now=T0, lease=LEASE, limit=2, aging=timedelta(seconds=10)
+    )
+    # waited 2 full agings: 0 + 2 ties with 2, and wins on its earlier run_at
+    assert [job.id for job in claimed] == [waited.id, fresh.id]
+
+
+# -- the kernel's job queue on top ---------------------------------------------------
+
+
+async def test_an_idle_kernel_queue_runs_a_job_another_node_enqueued(pg_url: str) -> None:
+    ran = trio.Event()
+    seen: list[str] = []
+
+    async def hello(name: str) -> None:
+        seen.append(name)
+        ran.set()
+
+    async with (
+        await open_storage(pg_url) as store_a,
+        await open_storage(pg_url) as store_b,
+        open_scheduler() as scheduler,
+        trio.open_nursery() as nursery,
+    ):
+        assert isinstance(store_a, EnqueueListener)
+        queue = JobQueue(store_a, scheduler, worker="node-a")
+        queue.register("hello", hello, queue="mail")
+        await nursery.start(queue.run)
+        await trio.sleep(0.2)  # idle: nothing due, no timer armed
+        now = datetime.now(UTC)
+        job, _ = await store_b.enqueue(
+            JobRecord(task="hello", args=["from b"], queue="mail", run_at=now, enqueued_at=now)
+        )
+        with trio.fail_after(WAIT):
+            await ran.wait()
+        outcome: tuple[JobState, str | None] | None = None
+        for _ in range(500):  # the outcome is stored just after the task returns
+            done = await store_b.get_job(job.id)
+            assert done is not None
+            outcome = (done.state, done.worker)
+            if done.state is JobState.succeeded:
+                break
+            await trio.sleep(0.02)
+        assert seen == ["from b"]
+        assert outcome == (JobState.succeeded, "node-a")
+        nursery.cancel_scope.cancel()
