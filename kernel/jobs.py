@@ -697,8 +697,10 @@ class EnqueueListener(Protocol):
         """Until cancelled, call ``wake(queue)`` on the trio thread whenever
         any process enqueues into ``queue`` or changes when a job of it is
         due (`JobStore.enqueue`, `retry_later`, `release`, `retry_dead`,
-        `reap_expired`); ``task_status.started()`` once listening. A lost
-        connection is a `StorageError` (the queue retries with backoff)."""
+        `reap_expired`); ``task_status.started()`` once listening. A store
+        reconnects by itself where it can (waking every queue afterwards,
+        since notices may have been missed); a `StorageError` it raises makes
+        the queue call it again after a backoff."""
         ...
 
 

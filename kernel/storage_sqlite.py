@@ -48,6 +48,7 @@ Times are stored as integer microseconds since the Unix epoch, UTC
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -590,6 +591,30 @@ _HELD = "WHERE id = ? AND state = 'running' AND worker = ?"
 """The jobs a worker holds: running, and claimed by it."""
 
 
+def _complete_many(
+    connection: sqlite3.Connection, completions: Sequence[tuple[str, str, int]]
+) -> list[bool]:
+    with _immediate(connection):
+        return [
+            connection.execute(
+                "UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, "
+                f"finished_at = ? {_HELD}",
+                (finished_us, job_id, worker),
+            ).rowcount
+            == 1
+            for job_id, worker, finished_us in completions
+        ]
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One `complete` waiting for the batch it is in."""
+
+    completion: tuple[str, str, int]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: bool | BaseException = False
+
+
 # ---------------------------------------------------------------------------
 # The storage
 # ---------------------------------------------------------------------------
@@ -611,6 +636,8 @@ class SQLiteStorage:
         factory=lambda: trio.CapacityLimiter(1), init=False
     )
     _closed: bool = attrs.field(default=False, init=False)
+    _completing: list[_Pending] = attrs.field(factory=list, init=False)
+    _completer: bool = attrs.field(default=False, init=False)
 
     @classmethod
     async def open(
@@ -846,15 +873,40 @@ class SQLiteStorage:
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
         validate_name("worker", worker)
-        finished_us = to_epoch_micros(now_or_wall_clock(now))
-        changed = await self._call(
-            _rowcount(
-                "UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, "
-                f"finished_at = ? {_HELD}",
-                (finished_us, job_id, worker),
-            )
-        )
-        return changed == 1
+        pending = _Pending((job_id, worker, to_epoch_micros(now_or_wall_clock(now))))
+        self._completing.append(pending)
+        if not self._completer:
+            await self._complete_pending()
+        await pending.done.wait()
+        if isinstance(pending.result, BaseException):
+            raise pending.result
+        return pending.result
+
+    async def _complete_pending(self) -> None:
+        """Group commit: the completions that arrive while one batch is in the
+        thread go together in the next transaction (one thread hand-off and
+        one commit for many jobs: completions are most of a busy queue's
+        writes). The first caller drives the batches, shielded, since they
+        hold other callers' completions."""
+        self._completer = True
+        try:
+            with trio.CancelScope(shield=True):
+                while self._completing:
+                    batch, self._completing = self._completing, []
+                    completions = [pending.completion for pending in batch]
+                    try:
+                        results: list[bool] | BaseException = await self._call(
+                            functools.partial(_complete_many, completions=completions)
+                        )
+                    except Exception as error:
+                        results = error
+                    for index, pending in enumerate(batch):
+                        pending.result = (
+                            results if isinstance(results, BaseException) else results[index]
+                        )
+                        pending.done.set()
+        finally:
+            self._completer = False
 
     async def retry_later(self, job_id: str, *, worker: str, error: str, run_at: datetime) -> bool:
         validate_job_id(job_id)

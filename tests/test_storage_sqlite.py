@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from kernel.testing import StorageContract
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
 
 
 def make_job(**fields: Any) -> JobRecord:
@@ -363,3 +364,66 @@ async def test_discovery_can_open_it_as_a_built_in(tmp_path: Path) -> None:
     assert isinstance(storage, SQLiteStorage)
     assert isinstance(storage, JobStore)
     await storage.aclose()
+
+
+async def test_concurrent_completions_commit_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kernel.storage_sqlite as module
+
+    batches: list[int] = []
+    complete_many = module._complete_many
+
+    def counting(connection: sqlite3.Connection, completions: Any) -> list[bool]:
+        batches.append(len(completions))
+        return complete_many(connection, completions)
+
+    monkeypatch.setattr(module, "_complete_many", counting)
+    async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
+        for n in range(40):
+            await store.enqueue(make_job(id=f"job-{n:02}"))
+        claimed = await store.claim("default", worker="w1", now=T0, lease=LEASE, limit=40)
+        assert len(claimed) == 40
+        results: dict[str, bool] = {}
+
+        async def complete(job_id: str, worker: str) -> None:
+            results[f"{job_id}/{worker}"] = await store.complete(job_id, worker=worker, now=T0)
+
+        async with trio.open_nursery() as nursery:
+            for job in claimed:
+                nursery.start_soon(complete, job.id, "w1")
+            nursery.start_soon(complete, "job-00", "w2")  # not its job
+            nursery.start_soon(complete, "no-such-job", "w1")
+        done = await store.list_jobs(state=JobState.succeeded, limit=100)
+    assert len(done) == 40
+    assert results.pop("job-00/w2") is False
+    assert results.pop("no-such-job/w1") is False
+    assert set(results.values()) == {True}
+    assert sum(batches) == 42
+    assert len(batches) < 42  # grouped into fewer transactions than calls
+
+
+async def test_a_failed_batch_of_completions_fails_each_caller(tmp_path: Path) -> None:
+    async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
+        await store.enqueue(make_job(id="a"))
+        await store.enqueue(make_job(id="b"))
+        await store.claim("default", worker="w1", now=T0, lease=LEASE, limit=2)
+        connection = sqlite3.connect(tmp_path / "jobs.db")
+        connection.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        store._connection.execute("PRAGMA busy_timeout = 50")  # type: ignore[union-attr]
+        errors: list[BaseException] = []
+
+        async def complete(job_id: str) -> None:
+            try:
+                await store.complete(job_id, worker="w1", now=T0)
+            except StorageError as error:
+                errors.append(error)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(complete, "a")
+            nursery.start_soon(complete, "b")
+        connection.rollback()
+        connection.close()
+        assert len(errors) == 2
+        assert all("locked" in str(error) for error in errors)
+        assert await store.complete("a", worker="w1", now=T0) is True
