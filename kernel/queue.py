@@ -194,6 +194,8 @@ class _QueuedSchedule:
     trigger: Trigger  # as given: re-anchored when restored from the store
     template: JobRecord
     schedule: Schedule | None = None
+    restored: bool = False  # its stored last fire has been read
+    held: list[JobRecord] = attrs.field(factory=list)  # fired before that
 
 
 class _Backoff:
@@ -539,7 +541,8 @@ class JobQueue:
             }
             if index:  # caught-up slots after the first are enqueued whatever the overlap
                 changes["dedup_key"] = None
-            self._fired.append(derive_record(template, changes))
+            fired = derive_record(template, changes)
+            (self._fired if entry.restored else entry.held).append(fired)
         self._feed.set()
 
     async def _feed_store(self) -> None:
@@ -567,7 +570,9 @@ class JobQueue:
             stored, created = await self.store.enqueue(job)
             self._fired.popleft()
             if job.schedule is not None and job.fire_time is not None:
-                last[job.schedule] = job.fire_time
+                previous = last.get(job.schedule)
+                if previous is None or job.fire_time > previous:
+                    last[job.schedule] = job.fire_time
             if created:
                 self._wake(stored.queue)
                 await self._publish("job.enqueued", stored)
@@ -589,16 +594,25 @@ class JobQueue:
             )
 
     async def _restore_schedules(self) -> None:
-        """Re-plan each new schedule from its stored last fire."""
+        """Re-plan each new schedule from its stored last fire. Slots fired
+        before that are held back; the missed slots are emitted at once,
+        before the fired jobs are stored, so the stored last fire never
+        passes a slot that is not stored yet."""
         while self._restoring:
             entry = self._restoring[0]
             schedule = entry.schedule
             assert schedule is not None
             state = await self.store.get_schedule_state(schedule.name)
             self._restoring.pop(0)
+            entry.restored = True
+            held, entry.held = entry.held, []
             last = None if state is None else state.get("last_fire_time")
             if isinstance(last, str) and not schedule.finished and not schedule.paused:
+                # what fired meanwhile was planned on a provisional grid: drop
+                # it and re-plan from the last fire on the schedule's own grid
                 schedule._restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
+            else:
+                self._fired.extend(held)  # a first start: its grid is the grid
 
     # -- enqueue and cancel --------------------------------------------------
 

@@ -203,9 +203,15 @@ class Schedule:
         anchoring an unanchored `Every` there: the slots since then come due
         at once and meet the misfire policy."""
         self._unplan()
-        start = min(after, self._scheduler.clock.now())
+        now = self._scheduler.clock.now()
+        start = min(after, now)
         self.trigger = _anchor(trigger, start)
         self._plan(after=start)
+        if self._fire_at is not None and self._fire_at <= now:
+            # hand the missed slots over now, not from the driver later: the
+            # queue stores them before it records a later fire as the last
+            self._unplan()
+            self._on_due()
 
     def _replan_after_jump(self) -> None:
         if self._timer is not None and self._fire_at is not None:

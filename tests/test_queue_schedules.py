@@ -341,3 +341,46 @@ async def test_schedules_wait_for_the_queue_to_run(autojump_clock: MockClock) ->
             await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
     assert len(await jobs_of(store, "tick")) == 3
+
+
+class SlowStateStore(MemoryJobStore):
+    """Slow to read schedule state (a busy database), and checks on every
+    write of it that no slot up to the recorded last fire is missing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = False
+        self.writes = 0
+
+    async def get_schedule_state(self, schedule: str) -> dict[str, Any] | None:
+        if self.slow:
+            await trio.sleep(1.5)  # the schedule's next slot fires meanwhile
+        return await super().get_schedule_state(schedule)
+
+    async def put_schedule_state(self, schedule: str, state: Any) -> None:
+        last = datetime.fromisoformat(state["last_fire_time"])
+        stored = {j.fire_time for j in await jobs_of(self, schedule)}
+        expected = {T0 + n * S for n in range(1, int((last - T0) / S) + 1)}
+        assert expected <= stored, sorted(expected - stored)[:3]
+        self.writes += 1
+        await super().put_schedule_state(schedule, state)
+
+
+async def test_the_recorded_last_fire_never_passes_an_unstored_slot(
+    autojump_clock: MockClock,
+) -> None:
+    store = SlowStateStore()
+    clock = t0_clock()
+    async with node(store, clock, concurrency=64) as queue:
+        queue.register("tick", lambda: None)
+        queue.add_schedule("tick", Every(seconds=1), misfire=CatchUp(), overlap=AllowOverlap())
+        await trio.sleep(10.5)
+    await trio.sleep(50)
+    store.slow = True
+    async with node(store, clock, concurrency=64) as queue:
+        queue.register("tick", lambda: None)
+        queue.add_schedule("tick", Every(seconds=1), misfire=CatchUp(), overlap=AllowOverlap())
+        await trio.sleep(5)
+    assert store.writes > 10
+    jobs = await jobs_of(store, "tick")
+    assert [j.fire_time for j in jobs] == [T0 + n * S for n in range(1, 66)]
