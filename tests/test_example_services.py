@@ -394,7 +394,7 @@ CONFIGS = sorted(EXAMPLES.glob("*.toml"))
 def test_every_example_service_has_a_config_file() -> None:
     names = {path.stem for path in CONFIGS}
     expected = {"data_sync", "maintenance", "activity_events", "monitored_queue"}
-    assert expected | {"retention_cleanup"} <= names
+    assert expected | {"retention_cleanup", "payments"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])

@@ -1,0 +1,127 @@
+"""Payments: durable jobs with retries, a circuit breaker and a nightly settlement.
+
+The shape of most background work that must not be lost: an event says an
+order was placed; the service enqueues a ``charge`` job (stored, so a
+restart or a crash does not lose it), which calls a payment provider that
+fails now and then. Failures are retried with exponential backoff; when the
+provider is down altogether a circuit breaker opens, and jobs wait for it
+instead of burning their attempts; a charge that keeps failing ends in the
+dead letters (``kernel jobs dead``) with its traceback. Each charge carries a
+dedup key, so an event delivered twice while its charge is pending enqueues
+one job; the provider's idempotency key (the order id) makes a later
+duplicate harmless. At 23:30 a scheduled
+``settle`` run totals the day; on durable storage a settlement missed while
+the service was down runs at the next start (``misfire=RunOnce()``).
+
+Run it: ``kernel run examples/payments.toml``, then ``kernel jobs ls
+--config examples/payments.toml``.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from kernel import Cron, Manifest, Message, Permission, Plugin, PluginContext
+from kernel.breaker import CircuitBreaker
+from kernel.retry import RetryPolicy
+from kernel.triggers import RunOnce
+
+__all__ = ["FakePaymentProvider", "Payments", "PaymentsConfig", "ProviderDown"]
+
+
+class ProviderDown(ConnectionError):
+    """The payment provider did not answer."""
+
+
+class FakePaymentProvider:
+    """Stands in for Stripe or Adyen: charges are idempotent by key, and a
+    fraction of calls fail (``failure_rate``), or all of them while ``down``."""
+
+    def __init__(self, failure_rate: float = 0.2, seed: int = 1) -> None:
+        self.failure_rate = failure_rate
+        self.down = False
+        self.charged: dict[str, int] = {}  # idempotency key -> cents
+        self.calls = 0
+        self._rng = random.Random(seed)
+
+    async def charge(self, key: str, cents: int) -> None:
+        self.calls += 1
+        if self.down or self._rng.random() < self.failure_rate:
+            raise ProviderDown("payment provider timed out")
+        self.charged.setdefault(key, cents)
+
+
+@attrs.frozen
+class PaymentsConfig:
+    """``[plugins.NAME.config]`` of `Payments`."""
+
+    max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    first_retry: timedelta = timedelta(seconds=2)
+    #: The breaker opens when at least half of the calls in this window failed.
+    breaker_window: timedelta = timedelta(seconds=30)
+    breaker_open_for: timedelta = timedelta(seconds=20)
+    settle_at: str = "30 23 * * *"
+    tz: str = "UTC"
+    #: Publish an ``order.placed`` event every this often (a demo feed; 0: off).
+    demo_orders_every: timedelta = timedelta(seconds=1)
+
+
+class Payments(Plugin):
+    manifest = Manifest(
+        "payments",
+        version="1.0.0",
+        permissions=frozenset({Permission.BUS_PUBLISH, Permission.BUS_SUBSCRIBE}),
+        config=PaymentsConfig,
+    )
+
+    def __init__(self, provider: FakePaymentProvider | None = None) -> None:
+        self.provider = provider or FakePaymentProvider()
+        self.settlements: list[int] = []
+        self._orders = 0
+
+    async def on_enable(self, ctx: PluginContext) -> None:
+        config: PaymentsConfig = ctx.config
+        breaker = CircuitBreaker(
+            "payment-provider",
+            failure_rate=0.5,
+            minimum_calls=5,
+            half_open_probes=1,  # one charge at a time tests a recovering provider
+            window=config.breaker_window,
+            open_for=config.breaker_open_for,
+            clock=ctx.clock.monotonic,
+        )
+        ctx.register_task(
+            "charge",
+            self.charge,
+            retry=RetryPolicy(
+                max_attempts=config.max_attempts,
+                initial=config.first_retry,
+                retry_on=(ProviderDown,),
+            ),
+            timeout=30,
+            breaker=breaker,
+        )
+        ctx.schedule(self.settle, Cron(config.settle_at, tz=config.tz), misfire=RunOnce())
+        await ctx.subscribe("order.placed", lambda message: self.on_order(ctx, message))
+        if config.demo_orders_every > timedelta(0):
+            ctx.start_task(self.demo_feed, ctx, config.demo_orders_every)
+
+    async def on_order(self, ctx: PluginContext, message: Message) -> None:
+        order: Any = message.payload
+        await ctx.enqueue("charge", order["id"], order["cents"], dedup_key=f"charge:{order['id']}")
+
+    async def charge(self, order_id: str, cents: int) -> None:
+        await self.provider.charge(order_id, cents)
+
+    def settle(self) -> None:
+        self.settlements.append(sum(self.provider.charged.values()))
+
+    async def demo_feed(self, ctx: PluginContext, every: timedelta) -> None:
+        while True:
+            await ctx.sleep(every.total_seconds())
+            self._orders += 1
+            await ctx.publish("order.placed", {"id": f"o-{self._orders}", "cents": 1999})
