@@ -851,6 +851,19 @@ if _DERIVED_FIELDS != _RECORD_FIELDS:  # pragma: no cover - a field added to Job
     raise AssertionError("derive_record must set every JobRecord field")
 
 
+_CONVERTERS: dict[str, Callable[[object], object]] = {
+    field.name: field.converter  # type: ignore[misc]
+    for field in attrs.fields(JobRecord)
+}
+
+
+def check_fields(**fields: object) -> dict[str, object]:
+    """Each of ``fields`` through its `JobRecord` converter (checked, and
+    copied where mutable): with `derive_record`, a new job from a checked
+    template costs its few changed fields, not all of them."""
+    return {name: _CONVERTERS[name](value) for name, value in fields.items()}
+
+
 def _fresh(record: JobRecord) -> JobRecord:
     """A copy of a stored record to hand out: its JSON is the caller's own."""
     return derive_record(
@@ -1020,7 +1033,7 @@ class MemoryJobStore:
         self._index(stored)
         if stored.dedup_key is not None:
             self._live_dedup[stored.dedup_key] = stored.id
-        return _fresh(stored), True
+        return job, True  # the caller's own record: the store keeps a copy
 
     async def claim(
         self,

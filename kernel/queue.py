@@ -30,7 +30,7 @@ import socket
 import traceback
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -50,6 +50,7 @@ from kernel.jobs import (
     JobRecord,
     JobState,
     JobStore,
+    check_fields,
     clone_json,
     derive_record,
     new_job_id,
@@ -75,6 +76,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 BREAKER_FLOOR: Final = timedelta(seconds=1)
 
 _DEFAULT_POLICY: Final = RetryPolicy()
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: How long claimed schedule slots are remembered (`JobStore.prune_slots`):
 #: a restarted schedule re-plans from its stored last fire, so older slots
@@ -287,6 +289,7 @@ class JobQueue:
         self._tasks: dict[str, TaskSpec] = {}
         self._names_by_func: dict[int, str] = {}
         self._task_windows: dict[str, RateWindow | None] = {}
+        self._templates: dict[str, JobRecord] = {}  # a checked job of each task
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
         self._schedules: dict[str, _QueuedSchedule] = {}
@@ -338,6 +341,7 @@ class JobQueue:
         self._tasks[name] = spec
         self._names_by_func[id(func)] = name
         self._task_windows[name] = None if rate_limit is None else RateWindow(rate_limit)
+        self._templates[name] = JobRecord(task=name, queue=queue, run_at=_EPOCH, enqueued_at=_EPOCH)
         self._queue(queue)  # this worker serves the queues of the tasks it knows
         return spec
 
@@ -348,6 +352,7 @@ class JobQueue:
         if spec is not None:
             self._names_by_func.pop(id(spec.func), None)
             self._task_windows.pop(name, None)
+            self._templates.pop(name, None)
 
     def task(
         self,
@@ -656,17 +661,24 @@ class JobQueue:
             when = utc_datetime(run_at, field="run_at")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
-        record = JobRecord(
-            task=spec.name,
-            args=checked_args,
-            kwargs=checked_kwargs,
-            queue=queue if queue is not None else spec.queue,
-            priority=priority,
-            run_at=when,
-            enqueued_at=now,
-            dedup_key=dedup_key,
-            timeout=_positive_seconds("timeout", timeout),
-            retry=None if retry is None else retry.to_json(),
+        changes: dict[str, object] = {
+            "id": new_job_id(),
+            "run_at": when,
+            "enqueued_at": now,
+            "priority": priority,
+        }
+        if queue is not None:
+            changes["queue"] = queue
+        if dedup_key is not None:
+            changes["dedup_key"] = dedup_key
+        if timeout is not None:
+            changes["timeout"] = _positive_seconds("timeout", timeout)
+        if retry is not None:
+            changes["retry"] = retry.to_json()
+        record = derive_record(
+            self._templates[spec.name],
+            # the arguments were copied by copy_json above: they are the job's own
+            {**check_fields(**changes), "args": checked_args, "kwargs": checked_kwargs},
         )
         self._queue(record.queue)  # a new queue gets a worker before the job exists
         stored, created = await self.store.enqueue(record)
@@ -835,6 +847,10 @@ class JobQueue:
                 limit=capacity,
                 aging=config.aging,
             )
+            if state.paused:  # paused while the claim was in flight: put them back
+                for job in claimed:
+                    await self.store.release(job.id, worker=self.worker, run_at=job.run_at)
+                return
             for job in claimed:
                 if state.window is not None:
                     state.window.acquire(mono)
