@@ -39,7 +39,6 @@ from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar
 
 import attrs
-import cattrs
 from cattrs.errors import (
     AttributeValidationNote,
     ClassValidationError,
@@ -50,6 +49,7 @@ from cattrs.errors import (
 )
 
 from kernel.errors import ConfigError
+from kernel.serialization import converter
 
 __all__ = [
     "KernelConfig",
@@ -272,10 +272,10 @@ def format_duration(value: datetime.timedelta) -> str:
 # The converter
 # ---------------------------------------------------------------------------
 
-converter = cattrs.Converter(forbid_extra_keys=True)
-"""The converter every config table goes through (strict scalars, durations,
-paths, enums by value, literals, unions tried in order, tables and arrays
-with per-key and per-index error notes)."""
+# The one converter (`kernel.serialization`); the hooks below make it strict
+# for config tables and job arguments alike: strict scalars, durations,
+# paths, enums by value, literals, unions tried in order, tables and arrays
+# with per-key and per-index error notes.
 
 
 def _structure_int(value: object) -> int:

@@ -58,9 +58,10 @@ from kernel.jobs import (
     validate_name,
 )
 from kernel.metrics import Metrics
-from kernel.ports import JSON, Bus, copy_json
+from kernel.ports import JSON, Bus
 from kernel.retry import Outcome, RetryPolicy
 from kernel.scheduler import Schedule, Scheduler, ScheduleStats
+from kernel.serialization import PayloadError, dump_arguments, load_arguments
 from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
 from kernel.wheel import Timer
 
@@ -502,12 +503,13 @@ class JobQueue:
                 "the queue, not the schedule, holds its waiting runs",
             )
         now = self.clock.now()
+        dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
         entry = _QueuedSchedule(
             trigger,
             JobRecord(  # every field checked now, not at the first fire
                 task=spec.name,
-                args=list(args),
-                kwargs=dict(kwargs or {}),
+                args=dumped_args,
+                kwargs=dumped_kwargs,
                 queue=queue if queue is not None else spec.queue,
                 priority=priority,
                 run_at=now,
@@ -641,8 +643,7 @@ class JobQueue:
         a queued or running job, that job is returned and nothing is stored.
         """
         spec = self._spec(task)
-        checked_args = copy_json(list(args), path="args")
-        checked_kwargs = copy_json(kwargs, path="kwargs")
+        checked_args, checked_kwargs = dump_arguments(args, kwargs)
         if delay is not None and run_at is not None:
             raise InvalidJob("delay", delay, "give delay or run_at, not both")
         now = self.clock.now()
@@ -677,7 +678,7 @@ class JobQueue:
             changes["retry"] = retry.to_json()
         record = derive_record(
             self._templates[spec.name],
-            # the arguments were copied by copy_json above: they are the job's own
+            # dump_arguments made the arguments the job's own JSON
             {**check_fields(**changes), "args": checked_args, "kwargs": checked_kwargs},
         )
         self._queue(record.queue)  # a new queue gets a worker before the job exists
@@ -911,6 +912,11 @@ class JobQueue:
             unknown = UnknownTask(job.task, sorted(self._tasks))
             await self._bury(job, str(unknown), unknown)
             return
+        try:
+            args, kwargs = load_arguments(spec.func, job.args, job.kwargs)
+        except PayloadError as unfit:
+            await self._bury(job, str(unfit), None)  # no attempt can make it fit
+            return
         policy = self._policy(job, spec)
         if job.attempts > policy.max_attempts:
             # put back by reap_expired after its last attempt: nothing is left
@@ -945,10 +951,10 @@ class JobQueue:
         try:
             with scope:
                 if timeout is None:
-                    await _call(spec.func, job)
+                    await _call(spec.func, args, kwargs)
                 else:
                     with trio.move_on_after(timeout) as deadline:
-                        await _call(spec.func, job)
+                        await _call(spec.func, args, kwargs)
                     if deadline.cancelled_caught:
                         raise JobTimedOut(job.id, job.task, timeout)
         except Exception as exc:
@@ -1098,9 +1104,9 @@ class JobQueue:
                     state.wake.set()
 
 
-async def _call(func: Callable[..., Any], job: JobRecord) -> None:
+async def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Run ``func`` on the job's arguments, awaiting it if it is async."""
-    result = func(*job.args, **job.kwargs)
+    result = func(*args, **kwargs)
     if inspect.isawaitable(result):
         await result
 
