@@ -364,6 +364,14 @@ def status_command(config_path: str | None, socket_option: str | None, as_json: 
         for s in status["schedules"]
     ]
     _table(rows)
+    queues = status.get("queues", [])
+    if queues:
+        rows = [("QUEUE", "RUNNING", "CONCURRENCY", "PAUSED")]
+        rows += [
+            (q["name"], str(q["running"]), str(q["concurrency"]), "yes" if q["paused"] else "no")
+            for q in queues
+        ]
+        _table(rows)
 
 
 @main.group("db", cls=KernelGroup)

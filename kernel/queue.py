@@ -456,6 +456,19 @@ class JobQueue:
                 state.idle = trio.Event()
             await state.idle.wait()
 
+    def describe(self) -> list[dict[str, JSON]]:
+        """Each queue this worker serves: concurrency, running jobs, paused
+        (for ``kernel status``)."""
+        return [
+            {
+                "name": name,
+                "concurrency": state.config.concurrency,
+                "running": len(state.running),
+                "paused": state.paused,
+            }
+            for name, state in sorted(self._queues.items())
+        ]
+
     async def stop_queue(self, queue_name: str) -> None:
         """`interrupt`, then wait until the interrupted jobs are put back."""
         self.interrupt(queue_name)

@@ -404,7 +404,7 @@ class Kernel:
             raise PluginStateError(f"no plugin named {name!r} (known: {known})") from None
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: plugins, schedules, health and metrics."""
+        """A JSON-able snapshot: plugins, schedules, job queues, health and metrics."""
         services = self._services
         schedules = services.scheduler.schedules if services else []
         return {
@@ -432,6 +432,7 @@ class Kernel:
                 }
                 for schedule in schedules
             ],
+            "queues": services.queue.describe() if services and services.queue else [],
             "health": self.health.current().to_dict(),
             "metrics": self.metrics.snapshot(),
         }

@@ -133,6 +133,18 @@ def test_run_status_and_graceful_stop(tmp_path: Path, env: dict[str, str]) -> No
         assert snapshot["plugins"]["ticker"]["state"] == "enabled"
         assert snapshot["schedules"][0]["name"] == "ticker/tick"
         assert snapshot["health"]["status"] == "healthy"
+        (queue,) = snapshot["queues"]  # the plugin's own queue runs its schedule
+        assert (queue["name"], queue["concurrency"], queue["paused"]) == ("ticker", 4, False)
+        table = subprocess.run(
+            [sys.executable, "-m", "kernel.cli", "status", "--socket", str(socket_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "QUEUE" in table
+        assert any(line.split()[:1] == ["ticker"] and "no" in line for line in table.splitlines())
         process.send_signal(signal.SIGTERM)
         rest = process.stderr.read()
         assert process.wait(timeout=30) == 0, rest
