@@ -20,6 +20,7 @@ than the approximate token bucket, so "10 per minute" means exactly that.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -761,7 +762,7 @@ class JobQueue:
                 nursery.start_soon(self._reap_expired)
                 nursery.start_soon(self._feed_store)
                 if isinstance(self.store, EnqueueListener):
-                    nursery.start_soon(self._listen, self.store)
+                    await nursery.start(self._listen, self.store)
                 task_status.started()
         finally:
             self._nursery = None
@@ -801,16 +802,40 @@ class JobQueue:
         state.timer = self.scheduler.call_at(deadline, fire)
         state.timer_at = deadline
 
-    async def _listen(self, store: EnqueueListener) -> None:
-        """Wake our queues when another process enqueues into them."""
+    async def _listen(
+        self,
+        store: EnqueueListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Wake our queues when another process enqueues into them. Each time
+        listening (re)starts every queue claims once, for what was enqueued
+        before; `run` reports started once the first attempt is over."""
         backoff = _Backoff()
+        reported = False
         while True:
             try:
-                await store.listen_enqueued(self._wake)
-            except StorageError as exc:
+                async with trio.open_nursery() as listening:
+                    await listening.start(functools.partial(store.listen_enqueued, self._wake))
+                    self._wake_all()
+                    if not reported:
+                        reported = True
+                        task_status.started()
+            except* StorageError as failed:
+                if not reported:
+                    reported = True
+                    task_status.started()
                 wait = backoff.next()
-                log.warning("listening for new jobs failed (%s); retrying in %.1f s", exc, wait)
+                log.warning(
+                    "listening for new jobs failed (%s); retrying in %.1f s",
+                    failed.exceptions[0],
+                    wait,
+                )
                 await self.scheduler.sleep(wait)
+
+    def _wake_all(self) -> None:
+        for state in self._queues.values():
+            state.wake.set()
 
     async def _serve(self, state: _QueueState) -> None:
         backoff = _Backoff()

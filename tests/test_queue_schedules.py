@@ -384,3 +384,44 @@ async def test_the_recorded_last_fire_never_passes_an_unstored_slot(
     assert store.writes > 10
     jobs = await jobs_of(store, "tick")
     assert [j.fire_time for j in jobs] == [T0 + n * S for n in range(1, 66)]
+
+
+class SlowListeningStore(MemoryJobStore):
+    """LISTEN takes a while (TLS to a remote server), and the first try fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    async def listen_enqueued(
+        self,
+        wake: Callable[[str], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.tries += 1
+        await trio.sleep(1)
+        if self.tries == 1:
+            raise StorageError("connection refused")
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_jobs_enqueued_before_listening_starts_are_claimed(
+    autojump_clock: MockClock,
+) -> None:
+    store = SlowListeningStore()
+    clock = t0_clock()
+    ran: list[float] = []
+    async with open_scheduler(clock) as scheduler, trio.open_nursery() as nursery:
+        queue = JobQueue(store, scheduler, worker="w")
+        queue.register("t", lambda: ran.append(trio.current_time()))
+        await nursery.start(queue.run)  # started after the first (failed) try
+        assert trio.current_time() == pytest.approx(1.0)
+        # another process enqueues while nobody listens: no notice reaches us
+        await store.enqueue(JobRecord(task="t", run_at=clock.now(), enqueued_at=clock.now()))
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    # listening started at 1 + 0.1 (backoff) + 1: every queue claimed then
+    assert ran == pytest.approx([2.1], abs=1e-3)
+    assert store.tries == 2
