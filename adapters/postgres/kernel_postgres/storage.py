@@ -804,7 +804,12 @@ class PostgresStorage:
         validate_job_id(job_id)
         validate_name("worker", worker)
         finished_us = to_epoch_micros(now_or_wall_clock(now))
-        changed = await self._db.run(_rowcount(self._sql.complete, (finished_us, job_id, worker)))
+        # idempotent: it matches only a job still running under this worker, so
+        # running it again after a lost reply is harmless (it answers False);
+        # not retrying would let the lease run out and the job run twice
+        changed = await self._db.run(
+            _rowcount(self._sql.complete, (finished_us, job_id, worker)), idempotent=True
+        )
         return changed == 1
 
     async def retry_later(self, job_id: str, *, worker: str, error: str, run_at: datetime) -> bool:
