@@ -1,0 +1,727 @@
+"""Real processes on one database: three kernel nodes (``pg_node.py``) work
+thousands of jobs and two fast schedules from one PostgreSQL schema, while
+one node is killed with SIGKILL, or while the server restarts.
+
+Afterwards every job has succeeded and run at least once, the runs repeated
+are bounded by what was in flight at the failure, the killed node's jobs
+were reclaimed when their lease ran out and finished elsewhere, every slot
+of a schedule became exactly one job, and the fast schedule's slots form
+an unbroken grid (none lost). A third test measures how fast an idle
+cluster starts a job another process enqueued: nothing in the queue polls,
+so that it starts at all is the LISTEN/NOTIFY wake-up at work.
+
+Real processes and real time: the waits are the scenario, and nothing is
+asserted about timing except hang guards (and the wake-up's generous bound).
+
+The server restart is done on a private PostgreSQL instance (``initdb`` in
+a temporary directory), not on the tests' shared server: restarting that
+one would break every connection the other tests hold, the session's
+``admin`` connection included, and any test running next to this one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import attrs
+import psycopg
+import pytest
+import trio
+from pg_helpers import Admin, with_options
+from pg_node import (
+    ANCHOR,
+    CONCURRENCY,
+    SCHEDULES,
+    TICK_CONCURRENCY,
+    TICKS,
+    WORK,
+    wall_us,
+)
+
+from kernel.errors import StorageError
+from kernel.jobs import JobRecord, JobState, lease_expired_error, to_epoch_micros
+from kernel_postgres import PostgresStorage, open_storage, upgrade
+from kernel_postgres._url import quote_identifier
+
+T = TypeVar("T")
+
+NODE = Path(__file__).resolve().with_name("pg_node.py")
+NODES = 3
+READY_TIMEOUT = 30.0
+DONE_TIMEOUT = 90.0
+STOP_TIMEOUT = 20.0
+POLL = 0.05
+#: A job enqueued on an idle cluster must start within this many seconds. The
+#: queue has no polling timer, so without the wake-up it would never start;
+#: the bound is a hang guard, not a performance claim.
+WAKE_BOUND = 5.0
+
+
+# -- the nodes -----------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Node:
+    name: str
+    process: trio.Process
+    stderr: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@attrs.define(eq=False)
+class Cluster:
+    """The node processes of one test and the log they share."""
+
+    url: str
+    tmp: Path
+    nodes: list[Node] = attrs.field(factory=list)
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "runs.log"
+
+    async def start(self, count: int, *flags: str) -> None:
+        """``count`` nodes, started together, each serving when this returns."""
+        names = [f"node-{len(self.nodes) + index}" for index in range(count)]
+        for name in names:
+            stderr = self.tmp / f"{name}.err"
+            with stderr.open("wb") as err:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, str(NODE), self.url, name, str(self.log), *flags],
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                )
+            self.nodes.append(Node(name, process, stderr))
+        for node in self.nodes[-count:]:
+            await self._ready(node)
+
+    async def _ready(self, node: Node) -> None:
+        assert node.process.stdout is not None
+        output = b""
+        with trio.move_on_after(READY_TIMEOUT):
+            while b"\n" not in output:
+                chunk = await node.process.stdout.receive_some()
+                if not chunk:
+                    break
+                output += chunk
+        assert output == b"ready\n", f"{node.name} said {output!r}:\n{self.stderr(node)}"
+
+    def stderr(self, node: Node) -> str:
+        return node.stderr.read_text(errors="replace")
+
+    def all_stderr(self) -> str:
+        return "\n".join(f"--- {node.name}:\n{self.stderr(node)}" for node in self.nodes)
+
+    def kill(self, node: Node) -> None:
+        node.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> dict[str, int | None]:
+        """SIGTERM every node still running; their exit codes once stopped."""
+        for node in self.nodes:
+            if node.alive:
+                node.process.terminate()
+        with trio.move_on_after(STOP_TIMEOUT):
+            for node in self.nodes:
+                await node.process.wait()
+        return {node.name: node.process.returncode for node in self.nodes}
+
+    async def aclose(self) -> None:
+        """Kill whatever a failed test left running, and reap it."""
+        with trio.CancelScope(shield=True):
+            for node in self.nodes:
+                if node.alive:
+                    node.process.kill()
+                await node.process.wait()
+                if node.process.stdout is not None:
+                    await node.process.stdout.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_cluster(url: str, tmp: Path) -> AsyncIterator[Cluster]:
+    cluster = Cluster(url, tmp)
+    cluster.log.touch()
+    try:
+        yield cluster
+    finally:
+        await cluster.aclose()
+
+
+# -- what happened -------------------------------------------------------------
+
+
+@attrs.frozen
+class Start:
+    node: str
+    job_id: str
+    at_us: int
+    schedule: str | None
+    fire_time: int | None
+
+
+@attrs.frozen
+class Done:
+    node: str
+    label: str
+    at_us: int
+
+
+def read_log(path: Path) -> tuple[list[Start], list[Done]]:
+    starts: list[Start] = []
+    dones: list[Done] = []
+    for line in path.read_text().splitlines():
+        kind, *fields = line.split(" ")
+        if kind == "start" and len(fields) == 5:
+            node, job_id, at_us, schedule, fire_time = fields
+            fire_us = None if fire_time == "-" else datetime.fromisoformat(fire_time)
+            starts.append(
+                Start(
+                    node,
+                    job_id,
+                    int(at_us),
+                    None if schedule == "-" else schedule,
+                    None if fire_us is None else to_epoch_micros(fire_us),
+                )
+            )
+        elif kind == "done" and len(fields) == 3:
+            dones.append(Done(fields[0], fields[1], int(fields[2])))
+        else:
+            raise AssertionError(f"unexpected log line {line!r}")
+    return starts, dones
+
+
+def started_by(path: Path, job_id: str) -> Start | None:
+    """The first start of ``job_id`` in the log so far."""
+    return next((start for start in read_log(path)[0] if start.job_id == job_id), None)
+
+
+def count_done(path: Path) -> collections.Counter[str]:
+    """Done lines so far, by node (cheap enough to poll)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        if line.startswith("done "):
+            counts[line.split(" ", 2)[1]] += 1
+    return counts
+
+
+@attrs.frozen
+class Row:
+    id: str
+    queue: str
+    state: str
+    worker: str | None
+    attempts: int
+    schedule: str | None
+    fire_time: int | None
+    last_error: str | None
+
+
+def read_rows(connection: Admin, schema: str) -> list[Row]:
+    rows = connection.execute(
+        "SELECT id, queue, state, worker, attempts, schedule, fire_time, last_error "
+        f"FROM {quote_identifier(schema)}.kernel_jobs"
+    ).fetchall()
+    return [Row(*row) for row in cast("list[tuple[Any, ...]]", rows)]
+
+
+def read_slots(connection: Admin, schema: str) -> list[tuple[str, int]]:
+    rows = connection.execute(
+        f"SELECT schedule, fire_time FROM {quote_identifier(schema)}.kernel_schedule_slots"
+    ).fetchall()
+    return cast("list[tuple[str, int]]", rows)
+
+
+def label(n: int) -> str:
+    return f"w-{n:05d}"
+
+
+async def enqueue_work(storage: PostgresStorage, labels: Sequence[str]) -> None:
+    """Jobs of ``work`` with the labels as ids (several at a time)."""
+
+    async def some(part: Sequence[str]) -> None:
+        for name in part:
+            now = datetime.now(UTC)
+            await storage.enqueue(
+                JobRecord(
+                    id=name, task="work", args=[name], queue=WORK, run_at=now, enqueued_at=now
+                )
+            )
+
+    async with trio.open_nursery() as nursery:
+        for lane in range(8):
+            nursery.start_soon(some, labels[lane::8])
+
+
+async def live_work(storage: PostgresStorage) -> int:
+    """Queued or running jobs of ``work`` (0 or more, at most 2)."""
+    live = 0
+    for state in (JobState.queued, JobState.running):
+        live += len(await storage.list_jobs(state=state, queue=WORK, limit=1))
+    return live
+
+
+async def wait_until_done(storage: PostgresStorage, cluster: Cluster) -> None:
+    """Until no job of ``work`` is queued or running. Polled: a killed node's
+    jobs stay running in the store until their lease is reaped. A failing
+    call (the server restarting) is polled again."""
+    with trio.move_on_after(DONE_TIMEOUT) as hang:
+        while True:
+            try:
+                if not await live_work(storage):
+                    return
+            except StorageError:
+                pass
+            await trio.sleep(POLL)
+    assert not hang.cancelled_caught, f"work left after {DONE_TIMEOUT} s\n{cluster.all_stderr()}"
+
+
+async def wait_for(check: Callable[[], T | None], *, within: float, every: float = POLL) -> T:
+    """The first result of ``check`` that is not None, polled every ``every``
+    seconds; `trio.TooSlowError` after ``within`` seconds."""
+    with trio.fail_after(within):
+        while True:
+            if (result := check()) is not None:
+                return result
+            await trio.sleep(every)
+
+
+async def wait_until(condition: Callable[[], bool], *, within: float, every: float = POLL) -> None:
+    await wait_for(lambda: True if condition() else None, within=within, every=every)
+
+
+async def wait_ticks_done(connection: Admin, schema: str, cut_us: int) -> None:
+    """Until every schedule job of a slot up to ``cut_us`` has finished."""
+    sql = (
+        f"SELECT count(*) FROM {quote_identifier(schema)}.kernel_jobs WHERE queue = %s "
+        "AND state IN ('queued', 'running') AND fire_time <= %s"
+    )
+    await wait_until(
+        lambda: connection.execute(sql, (TICKS, cut_us)).fetchone() == (0,), within=DONE_TIMEOUT
+    )
+
+
+def check_outcome(
+    *,
+    rows: list[Row],
+    slots: list[tuple[str, int]],
+    starts: list[Start],
+    dones: list[Done],
+    labels: set[str],
+    cut_us: int,
+    suspects: set[str] | None,
+    max_repeats: int,
+    max_tick_repeats: int,
+) -> None:
+    """What must hold after any run: ``suspects`` are the nodes whose runs
+    may have been repeated elsewhere (None: any node's, a server restart),
+    ``max_repeats`` and ``max_tick_repeats`` how many repeats in all."""
+    by_id = {row.id: row for row in rows}
+    assert len(by_id) == len(rows)
+
+    # every work job succeeded, nothing lost, nothing extra
+    work = {row.id: row for row in rows if row.queue == WORK}
+    assert set(work) == labels
+    assert collections.Counter(row.state for row in work.values()) == {"succeeded": len(labels)}
+
+    # every job ran at least once; "succeeded" implies its worker logged the run
+    ran_by: dict[str, list[str]] = collections.defaultdict(list)
+    for done in dones:
+        ran_by[done.label].append(done.node)
+    assert set(ran_by) == labels
+    for name, row in work.items():
+        assert row.worker in ran_by[name], (name, row, ran_by[name])
+
+    # runs repeated: bounded, and only where a suspect node ran first
+    repeated = {name: nodes for name, nodes in ran_by.items() if len(nodes) > 1}
+    print(f"work: {len(labels)} jobs, {len(repeated)} ran twice or more: {repeated}")
+    assert sum(len(nodes) - 1 for nodes in repeated.values()) <= max_repeats, repeated
+    if suspects is not None:
+        assert all(set(nodes) & suspects for nodes in repeated.values()), repeated
+
+    # starts: every work job started, restarts bounded as its runs
+    started: dict[str, list[Start]] = collections.defaultdict(list)
+    for start in starts:
+        started[start.job_id].append(start)
+        assert start.job_id in by_id, start  # no start of a job the store does not hold
+    assert labels <= set(started)
+    restarted = {
+        job_id: [start.node for start in group]
+        for job_id, group in started.items()
+        if len(group) > 1
+    }
+    work_restarts = sum(len(nodes) - 1 for job_id, nodes in restarted.items() if job_id in work)
+    tick_restarts = sum(len(nodes) - 1 for job_id, nodes in restarted.items() if job_id not in work)
+    print(f"starts repeated: {work_restarts} of work, {tick_restarts} of ticks")
+    assert work_restarts <= max_repeats, restarted
+    assert tick_restarts <= max_tick_repeats, restarted
+    if suspects is not None:
+        assert all(nodes[0] in suspects for nodes in restarted.values()), restarted
+
+    # schedules: a slot fires once cluster-wide, and the catch-up grid is whole
+    ticks = [row for row in rows if row.queue == TICKS]
+    assert all(row.schedule in SCHEDULES and row.fire_time is not None for row in ticks)
+    slot_jobs = collections.Counter((row.schedule, row.fire_time) for row in ticks)
+    assert max(slot_jobs.values()) == 1, [slot for slot, n in slot_jobs.items() if n > 1]
+    slot_set = set(slots)
+    assert len(slot_set) == len(slots)
+    assert set(slot_jobs) <= slot_set  # every job has its slot claimed
+    anchor_us = to_epoch_micros(ANCHOR)
+    for name, (interval, _, _) in SCHEDULES.items():
+        step = interval // timedelta(microseconds=1)
+        fired = sorted(fire for schedule, fire in slot_set if schedule == name)
+        assert len(fired) >= 5, (name, fired)  # the schedule did run throughout
+        assert all((fire - anchor_us) % step == 0 for fire in fired), name
+        jobs = sum(1 for schedule, _ in slot_jobs if schedule == name)
+        print(f"schedule {name}: {len(fired)} slots, {jobs} jobs")
+    fast = "fast"
+    step = SCHEDULES[fast][0] // timedelta(microseconds=1)
+    fired = sorted(fire for schedule, fire in slot_set if schedule == fast)
+    gaps = sorted(set(range(fired[0], fired[-1] + step, step)) - set(fired))
+    assert not gaps, f"slots of {fast!r} never fired: {gaps}"
+    assert all((fast, fire) in slot_jobs for fire in fired)  # AllowOverlap: a job per slot
+    for row in ticks:
+        if row.fire_time is not None and row.fire_time <= cut_us:
+            assert row.state == "succeeded", row
+            assert row.id in started, row
+        starts_of_row = started.get(row.id, [])
+        assert all(
+            (start.schedule, start.fire_time) == (row.schedule, row.fire_time)
+            for start in starts_of_row
+        )
+
+
+# -- a private server, to restart ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_bin() -> Path | None:
+    """The directory of ``initdb`` and ``pg_ctl``."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if found.returncode == 0 and (Path(found.stdout.strip()) / "initdb").exists():
+            return Path(found.stdout.strip())
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: [int(part) for part in re.findall(r"\d+", Path(path).parent.parent.name)],
+        reverse=True,
+    )
+    if versions:
+        return Path(versions[0]).parent
+    initdb = shutil.which("initdb")
+    return None if initdb is None else Path(initdb).parent
+
+
+@attrs.frozen
+class PrivateServer:
+    """A PostgreSQL instance of this test's own (its binaries refuse to run
+    as root: as root, they run as the ``postgres`` user)."""
+
+    bin: Path
+    home: Path
+    port: int
+    run_as: str | None
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def command(self, program: str, *args: str) -> list[str]:
+        argv = [str(self.bin / program), *args]
+        return argv if self.run_as is None else ["runuser", "-u", self.run_as, "--", *argv]
+
+    def pg_ctl(self, *args: str) -> list[str]:
+        return self.command("pg_ctl", "-D", str(self.data), *args)
+
+    def start_command(self) -> list[str]:
+        options = (
+            f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=60"
+        )
+        return self.pg_ctl("-l", str(self.home / "server.log"), "-o", options, "-w", "start")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("KERNEL_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (KERNEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    """A fresh PostgreSQL (initdb, start), stopped and deleted afterwards."""
+    bin_dir = _server_bin()
+    if bin_dir is None:
+        _unavailable("no PostgreSQL server binaries (initdb, pg_ctl) to run a private server")
+    assert bin_dir is not None
+    run_as = None
+    home = Path(tempfile.mkdtemp(prefix="kernel-pg-nodes-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            user = None
+        if user is None or shutil.which("runuser") is None:
+            shutil.rmtree(home)
+            _unavailable("running as root without a 'postgres' user (and runuser) to run a server")
+        assert user is not None
+        run_as = user.pw_name
+        os.chown(home, user.pw_uid, user.pw_gid)
+    server = PrivateServer(bin_dir, home, _free_port(), run_as)
+    try:
+        made = subprocess.run(
+            server.command(
+                "initdb", "-D", str(server.data), "-U", "postgres", "--auth=trust",
+                "-E", "UTF8", "--locale=C", "--no-sync",
+            ),
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if made.returncode != 0:
+            _unavailable(f"initdb failed: {made.stderr.strip()}")
+        started = subprocess.run(server.start_command(), capture_output=True, text=True)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield server
+    finally:
+        subprocess.run(server.pg_ctl("-m", "immediate", "stop"), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def restart(server: PrivateServer, down: float) -> float:
+    """Stop the server (fast: sessions are ended), keep it down ``down``
+    seconds, start it, and wait until it accepts connections."""
+    began = time.monotonic()
+    for command, pause in (
+        (server.pg_ctl("-m", "fast", "-w", "stop"), down),
+        (server.start_command(), 0),
+    ):
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        await trio.sleep(pause)
+    return time.monotonic() - began
+
+
+# -- the tests -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_node_killed_mid_run_loses_nothing(
+    pg_server: str, schema: str, app_name: str, admin: Admin, pg_url: str, tmp_path: Path
+) -> None:
+    before, during = 1500, 1000
+    labels = [label(n) for n in range(before + during)]
+    node_url = with_options(pg_server, schema=schema, pool_size=6, application_name=app_name)
+    began = time.monotonic()
+    async with await open_storage(pg_url) as storage, open_cluster(node_url, tmp_path) as cluster:
+        await enqueue_work(storage, labels[:before])
+        await cluster.start(NODES)
+        victim, *survivors = cluster.nodes
+        third = len(labels) // 3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(enqueue_work, storage, labels[before:])  # while they work
+            done = await wait_for(
+                lambda: runs if (runs := count_done(cluster.log)).total() >= third else None,
+                within=DONE_TIMEOUT,
+                every=0.01,
+            )
+            cluster.kill(victim)
+            killed_at = wall_us()
+        print(f"killed {victim.name} after {done.total()} runs ({dict(done)})")
+        await wait_until_done(storage, cluster)
+        cut_us = wall_us()
+        await wait_ticks_done(admin, schema, cut_us)
+        assert all(node.alive for node in survivors), cluster.all_stderr()
+        codes = await cluster.stop()
+        assert codes == {victim.name: -signal.SIGKILL, **{node.name: 0 for node in survivors}}, (
+            cluster.all_stderr()
+        )
+        stderr = cluster.all_stderr()
+    print(f"run took {time.monotonic() - began:.1f} s")
+    starts, dones = read_log(cluster.log)
+    rows = read_rows(admin, schema)
+    check_outcome(
+        rows=rows,
+        slots=read_slots(admin, schema),
+        starts=starts,
+        dones=dones,
+        labels=set(labels),
+        cut_us=cut_us,
+        suspects={victim.name},
+        max_repeats=CONCURRENCY,
+        max_tick_repeats=TICK_CONCURRENCY,
+    )
+    # the jobs the victim held went back to the queue when their lease ran
+    # out (the reaper says so in last_error), and finished on a survivor
+    by_id = {row.id: row for row in rows}
+    reaped = {row.id for row in rows if row.last_error is not None}
+    held = {row.id for row in rows if row.last_error == lease_expired_error(victim.name)}
+    print(f"{victim.name} held {len(held)} job(s) when killed: {sorted(held)}")
+    assert reaped == held, "a survivor lost a lease"
+    assert 1 <= len(held) <= CONCURRENCY + TICK_CONCURRENCY, held
+    finished_elsewhere = {done.label: done for done in dones if done.node != victim.name}
+    for job_id in held:
+        row = by_id[job_id]
+        assert row.state == "succeeded", row
+        assert row.worker != victim.name, row
+        assert row.attempts >= 2, row
+        if row.queue == WORK:
+            assert finished_elsewhere[job_id].at_us > killed_at, row
+    # what its log says it was running is among them
+    in_flight = {
+        s.job_id for s in starts if s.node == victim.name and by_id[s.job_id].worker != victim.name
+    }
+    assert in_flight <= held, in_flight - held
+    waits = [
+        (finished_elsewhere[job_id].at_us - killed_at) / 1e6
+        for job_id in held
+        if job_id in finished_elsewhere
+    ]
+    if waits:  # (they could all have been schedule jobs)
+        print(f"reclaimed jobs finished {min(waits):.2f}-{max(waits):.2f} s after the kill")
+    assert " ERROR " not in stderr, stderr
+
+
+@pytest.mark.slow
+async def test_the_cluster_lives_through_a_server_restart(
+    private_server: PrivateServer, tmp_path: Path
+) -> None:
+    before, after = 2000, 500
+    labels = [label(n) for n in range(before + after)]
+    schema = "kernel_nodes"
+    url = with_options(private_server.url, schema=schema, pool_size=6)
+    await upgrade(url)
+    began = time.monotonic()
+    async with await open_storage(url) as storage, open_cluster(url, tmp_path) as cluster:
+        await enqueue_work(storage, labels[:before])
+        await cluster.start(NODES)
+        await wait_until(
+            lambda: count_done(cluster.log).total() >= before // 4, within=DONE_TIMEOUT, every=0.01
+        )
+        took = await restart(private_server, down=2.0)
+        print(f"server restarted in {took:.1f} s")
+        assert all(node.alive for node in cluster.nodes), cluster.all_stderr()
+        with trio.fail_after(DONE_TIMEOUT):
+            while True:  # the parent's pool reconnects as the nodes' do
+                try:
+                    await live_work(storage)
+                    break
+                except StorageError:
+                    await trio.sleep(POLL)
+        await enqueue_work(storage, labels[before:])
+        await wait_until_done(storage, cluster)
+        cut_us = wall_us()
+        # each node listens again (its wake-ups came back), after its backoff
+        await wait_until(
+            lambda: all(
+                re.search(r"listening on \S+ again", cluster.stderr(node)) for node in cluster.nodes
+            ),
+            within=READY_TIMEOUT,
+        )
+        # and an idle queue wakes for a new job again
+        labels.append("after-restart")
+        await enqueue_work(storage, labels[-1:])
+        await wait_for(functools.partial(started_by, cluster.log, labels[-1]), within=WAKE_BOUND)
+        await wait_until_done(storage, cluster)
+        with psycopg.connect(private_server.url, autocommit=True) as connection:
+            await wait_ticks_done(connection, schema, cut_us)
+            # the nodes lived through it: still alive, and stop cleanly
+            assert all(node.alive for node in cluster.nodes), cluster.all_stderr()
+            codes = await cluster.stop()
+            assert set(codes.values()) == {0}, (codes, cluster.all_stderr())
+            rows = read_rows(connection, schema)
+            slots = read_slots(connection, schema)
+        stderr = cluster.all_stderr()
+    print(f"run took {time.monotonic() - began:.1f} s")
+    lost = [line for line in stderr.splitlines() if "lost" in line or "failed" in line]
+    print(f"{len(lost)} node log lines about the outage")
+    reaped = [row.id for row in rows if row.last_error is not None]
+    print(f"{len(reaped)} job(s) reaped after their lease ran out: {reaped}")
+    starts, dones = read_log(cluster.log)
+    # every node may have had its running jobs' leases run out while the
+    # server was down: those may run again, on any node
+    check_outcome(
+        rows=rows,
+        slots=slots,
+        starts=starts,
+        dones=dones,
+        labels=set(labels),
+        cut_us=cut_us,
+        suspects=None,
+        max_repeats=NODES * CONCURRENCY,
+        max_tick_repeats=NODES * TICK_CONCURRENCY,
+    )
+    # a node logs what it survived; its only errors are outcomes it could not
+    # store (the connection died under the call): those jobs were reaped and
+    # ran again, within the bound above
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    print(f"{len(errors)} outcome(s) not stored: {errors}")
+    assert all("could not record its outcome" in line for line in errors), errors
+
+
+async def test_an_idle_cluster_starts_a_new_job_at_once(
+    pg_server: str, schema: str, app_name: str, pg_url: str, tmp_path: Path
+) -> None:
+    rounds = 10
+    node_url = with_options(pg_server, schema=schema, pool_size=2, application_name=app_name)
+    latencies: list[float] = []
+    takers: list[str] = []
+    async with await open_storage(pg_url) as storage, open_cluster(node_url, tmp_path) as cluster:
+        await cluster.start(NODES, "--no-schedules")
+        # idle, and every node listening: `JobQueue.run` reports started before
+        # its LISTEN is active, and a job enqueued in between waits for the
+        # next wake-up (on an idle cluster, for ever)
+        await trio.sleep(1.0)
+        for n in range(rounds):
+            name = f"idle-{n}"
+            sent = wall_us()
+            await enqueue_work(storage, [name])
+            try:
+                mine = await wait_for(
+                    functools.partial(started_by, cluster.log, name), within=WAKE_BOUND, every=0.002
+                )
+            except trio.TooSlowError:
+                raise AssertionError(
+                    f"{name} did not start in {WAKE_BOUND} s\n{cluster.all_stderr()}"
+                ) from None
+            latencies.append((mine.at_us - sent) / 1000)
+            takers.append(mine.node)
+            await wait_until_done(storage, cluster)
+            await trio.sleep(0.2)  # idle again
+        codes = await cluster.stop()
+        assert set(codes.values()) == {0}, cluster.all_stderr()
+    print(
+        f"enqueue -> start on an idle cluster, ms: min {min(latencies):.1f}, "
+        f"median {statistics.median(latencies):.1f}, max {max(latencies):.1f}; "
+        f"taken by {collections.Counter(takers)}"
+    )
