@@ -52,7 +52,6 @@ from kernel.jobs import (
     JobState,
     JobStore,
     check_fields,
-    clone_json,
     derive_record,
     new_job_id,
     utc_datetime,
@@ -60,10 +59,11 @@ from kernel.jobs import (
 )
 from kernel.metrics import Metrics
 from kernel.ports import JSON, Bus
-from kernel.retry import Outcome, RetryPolicy
-from kernel.scheduler import Schedule, Scheduler, ScheduleStats
+from kernel.queued_schedules import ScheduleFeeder
+from kernel.retry import Backoff, Outcome, RetryPolicy
+from kernel.scheduler import Schedule, Scheduler
 from kernel.serialization import PayloadError, dump_arguments, load_arguments
-from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
+from kernel.triggers import MisfirePolicy, OverlapPolicy, Trigger
 from kernel.wheel import Timer
 
 __all__ = ["BREAKER_FLOOR", "JobQueue", "QueueConfig", "RateLimit", "RateWindow", "TaskSpec"]
@@ -85,9 +85,6 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: are never asked for again.
 SLOT_RETENTION: Final = timedelta(days=1)
 _PRUNE_EVERY: Final = 3600.0
-
-#: Backoff while the store fails (a database restarting): the first wait and the cap.
-_STORE_BACKOFF: Final = (0.1, 30.0)
 
 
 def _default_worker() -> str:
@@ -192,35 +189,6 @@ class _Running:
 
 
 @attrs.define(eq=False)
-class _QueuedSchedule:
-    """A schedule whose slots become copies of ``template``, a checked job."""
-
-    trigger: Trigger  # as given: re-anchored when restored from the store
-    template: JobRecord
-    schedule: Schedule | None = None
-    restored: bool = False  # its stored last fire has been read
-    held: list[JobRecord] = attrs.field(factory=list)  # fired before that
-
-
-class _Backoff:
-    """Exponential waits while the store fails; reset by a success."""
-
-    def __init__(self) -> None:
-        self.wait = _STORE_BACKOFF[0]
-
-    def next(self) -> float:
-        wait, self.wait = self.wait, min(self.wait * 2, _STORE_BACKOFF[1])
-        return wait
-
-    def reset(self) -> None:
-        self.wait = _STORE_BACKOFF[0]
-
-
-def _never() -> None:  # pragma: no cover - a queued schedule emits, never calls
-    raise AssertionError("a queued schedule's function is never called")
-
-
-@attrs.define(eq=False)
 class _QueueState:
     config: QueueConfig
     window: RateWindow | None
@@ -294,10 +262,7 @@ class JobQueue:
         self._templates: dict[str, JobRecord] = {}  # a checked job of each task
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
-        self._schedules: dict[str, _QueuedSchedule] = {}
-        self._fired: deque[JobRecord] = deque()
-        self._restoring: list[_QueuedSchedule] = []
-        self._feed = trio.Event()
+        self._schedules = ScheduleFeeder(self)
 
     @property
     def clock(self) -> Clock:
@@ -492,148 +457,28 @@ class JobQueue:
     ) -> Schedule:
         """Enqueue a job of ``task`` at each fire of ``trigger``, so the runs
         get the task's retries, timeout, breaker and metrics, and run on
-        whichever worker sharing the store claims them.
+        whichever worker sharing the store claims them (`kernel.queued_schedules`).
 
-        Each job carries its slot (``schedule``, ``fire_time``), which the
-        store claims with it: a slot becomes one job across every process
-        running the same schedule. The last fire is stored; a schedule added
-        again (a restart) re-plans from it, and the slots missed meanwhile
-        meet ``misfire``. ``overlap`` is ``SkipIfRunning()`` (the default: no
-        new job while one of this schedule is queued or running, anywhere) or
-        ``AllowOverlap()`` (the queue's concurrency is the limit). Catching up
-        several slots enqueues each.
+        The store claims each slot with its job: a slot becomes one job
+        across every process running the same schedule. The last fire is
+        stored; a schedule added again (a restart) re-plans from it, and the
+        slots missed meanwhile meet ``misfire``. ``overlap`` is
+        ``SkipIfRunning()`` (the default: no new job while one of this
+        schedule is queued or running, anywhere) or ``AllowOverlap()`` (the
+        queue's concurrency is the limit). Catching up several slots
+        enqueues each.
         """
-        spec = self._spec(task)
-        label = validate_name("schedule", name if name is not None else spec.name)
-        current = self._schedules.get(label)
-        if current is not None and current.schedule is not None and not current.schedule.finished:
-            raise InvalidJob("name", label, "a schedule of that name is already active")
-        overlap = overlap if overlap is not None else SkipIfRunning()
-        if not isinstance(overlap, SkipIfRunning | AllowOverlap):
-            raise InvalidJob(
-                "overlap",
-                overlap,
-                "a queued schedule takes SkipIfRunning() or AllowOverlap(); "
-                "the queue, not the schedule, holds its waiting runs",
-            )
-        now = self.clock.now()
-        dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
-        entry = _QueuedSchedule(
+        return self._schedules.add(
+            task,
             trigger,
-            JobRecord(  # every field checked now, not at the first fire
-                task=spec.name,
-                args=dumped_args,
-                kwargs=dumped_kwargs,
-                queue=queue if queue is not None else spec.queue,
-                priority=priority,
-                run_at=now,
-                enqueued_at=now,
-                dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
-                schedule=label,
-            ),
-        )
-        entry.schedule = self.scheduler.add_schedule(
-            _never,
-            trigger,
-            name=label,
+            name=name,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority,
             misfire=misfire,
             overlap=overlap,
-            emit=lambda schedule, slots: self._emit(entry, slots),
         )
-        self._schedules[label] = entry
-        self._queue(entry.template.queue)
-        self._restoring.append(entry)
-        self._feed.set()
-        return entry.schedule
-
-    def _emit(self, entry: _QueuedSchedule, slots: list[datetime]) -> None:
-        """The scheduler's hand-off, on its driver task: no I/O here, the
-        feeder stores the jobs."""
-        now = self.clock.now()
-        template = entry.template
-        for index, slot in enumerate(slots):
-            changes: dict[str, object] = {
-                "id": new_job_id(),
-                "args": clone_json(template.args),
-                "kwargs": clone_json(template.kwargs),
-                "run_at": now,
-                "enqueued_at": now,
-                "fire_time": utc_datetime(slot, field="fire_time"),
-            }
-            if index:  # caught-up slots after the first are enqueued whatever the overlap
-                changes["dedup_key"] = None
-            fired = derive_record(template, changes)
-            (self._fired if entry.restored else entry.held).append(fired)
-        self._feed.set()
-
-    async def _feed_store(self) -> None:
-        """Store the fired slots' jobs and the schedules' last fires, in
-        order; while the store fails, keep them and retry with backoff
-        (storing a slot twice is harmless: the store claims it once)."""
-        backoff = _Backoff()
-        while True:
-            await self._feed.wait()
-            self._feed = trio.Event()
-            try:
-                await self._restore_schedules()
-                await self._store_fired()
-                backoff.reset()
-            except StorageError as exc:
-                wait = backoff.next()
-                log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
-                await self.scheduler.sleep(wait)
-                self._feed.set()
-
-    async def _store_fired(self) -> None:
-        last: dict[str, datetime] = {}
-        while self._fired:
-            job = self._fired[0]
-            stored, created = await self.store.enqueue(job)
-            self._fired.popleft()
-            if job.schedule is not None and job.fire_time is not None:
-                previous = last.get(job.schedule)
-                if previous is None or job.fire_time > previous:
-                    last[job.schedule] = job.fire_time
-            if created:
-                self._wake(stored.queue)
-                await self._publish("job.enqueued", stored)
-            elif stored.id != job.id:  # held back by the overlap policy
-                stats = self._schedule_stats(job)
-                if stats is not None:
-                    stats.skipped += 1
-        for name, fire_time in last.items():
-            entry = self._schedules.get(name)
-            next_fire = (
-                None if entry is None or entry.schedule is None else entry.schedule.next_fire_time
-            )
-            await self.store.put_schedule_state(
-                name,
-                {
-                    "last_fire_time": fire_time.isoformat(),
-                    "next_fire_time": None if next_fire is None else next_fire.isoformat(),
-                },
-            )
-
-    async def _restore_schedules(self) -> None:
-        """Re-plan each new schedule from its stored last fire. Slots fired
-        before that are held back; the missed slots are emitted at once,
-        before the fired jobs are stored, so the stored last fire never
-        passes a slot that is not stored yet."""
-        while self._restoring:
-            entry = self._restoring[0]
-            schedule = entry.schedule
-            assert schedule is not None
-            state = await self.store.get_schedule_state(schedule.name)
-            self._restoring.pop(0)
-            entry.restored = True
-            held, entry.held = entry.held, []
-            last = None if state is None else state.get("last_fire_time")
-            if isinstance(last, str) and not schedule.finished and not schedule.paused:
-                # what fired meanwhile was planned on a provisional grid: drop
-                # it and re-plan from the last fire on the schedule's own grid
-                schedule._restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
-            else:
-                self._fired.extend(held)  # a first start: its grid is the grid
 
     # -- enqueue and cancel --------------------------------------------------
 
@@ -760,7 +605,7 @@ class JobQueue:
                     self._start_serving(state)
                 nursery.start_soon(self._renew_leases)
                 nursery.start_soon(self._reap_expired)
-                nursery.start_soon(self._feed_store)
+                nursery.start_soon(self._schedules.run)
                 if isinstance(self.store, EnqueueListener):
                     await nursery.start(self._listen, self.store)
                 task_status.started()
@@ -811,7 +656,7 @@ class JobQueue:
         """Wake our queues when another process enqueues into them. Each time
         listening (re)starts every queue claims once, for what was enqueued
         before; `run` reports started once the first attempt is over."""
-        backoff = _Backoff()
+        backoff = Backoff()
         reported = False
         while True:
             try:
@@ -838,7 +683,7 @@ class JobQueue:
             state.wake.set()
 
     async def _serve(self, state: _QueueState) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         async with trio.open_nursery() as jobs:
             while True:
                 state.wake = trio.Event()
@@ -909,11 +754,6 @@ class JobQueue:
             else:
                 self._arm(state, deadline, due)
 
-    def _schedule_stats(self, job: JobRecord) -> ScheduleStats | None:
-        """The stats of the local schedule that enqueued ``job``, if any."""
-        entry = None if job.schedule is None else self._schedules.get(job.schedule)
-        return None if entry is None or entry.schedule is None else entry.schedule.stats
-
     def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
         if job.retry is not None:
             return RetryPolicy.from_json(job.retry)
@@ -981,7 +821,7 @@ class JobQueue:
             late = (self.clock.now() - job.fire_time).total_seconds()
             self.metrics.histogram("schedule_lateness_seconds", task=job.task).observe(late)
         await self._publish("job.started", job)
-        stats = self._schedule_stats(job)
+        stats = self._schedules.stats_of(job)
         if stats is not None:
             stats.started += 1
         started = trio.current_time()

@@ -32,7 +32,7 @@ import attrs
 
 from kernel.errors import InvalidRetryPolicy
 
-__all__ = ["Decision", "Jitter", "Outcome", "RetryPolicy"]
+__all__ = ["Backoff", "Decision", "Jitter", "Outcome", "RetryPolicy"]
 
 _ONE_SECOND: Final = timedelta(seconds=1)
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
@@ -378,3 +378,22 @@ def _exception_from_name(field: str, name: object) -> type[BaseException]:
             raise _fail(field, name, "is not an exception class")
         return found
     raise _fail(field, name, f"no module {parts[0]!r} can be imported")
+
+
+class Backoff:
+    """Exponential waits for a loop whose backend fails (a database
+    restarting): ``first`` seconds, doubling up to ``cap``; `reset` after a
+    success. No jitter: one loop per process, so no herd to spread."""
+
+    def __init__(self, first: float = 0.1, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.wait = first
+
+    def next(self) -> float:
+        """The wait before the next try."""
+        wait, self.wait = self.wait, min(self.wait * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        self.wait = self.first

@@ -1,0 +1,221 @@
+"""Schedules whose slots become jobs: the time core feeding the queue.
+
+A queued schedule is a normal `kernel.scheduler.Schedule` with an ``emit``
+hook: when slots come due (after the misfire policy) the scheduler's driver
+hands them over as data, with no task per fire, and one feeder task stores
+them in order as jobs that carry their slot (``schedule``, ``fire_time``).
+The store claims the slot with the job, so a slot is one job across every
+process running the schedule. The last fire is stored; a schedule added
+again (a restart) re-plans from it, so the slots missed meanwhile meet the
+misfire policy. `JobQueue.add_schedule` is the way in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from kernel.errors import InvalidJob, StorageError
+from kernel.jobs import (
+    JobRecord,
+    clone_json,
+    derive_record,
+    new_job_id,
+    utc_datetime,
+    validate_name,
+)
+from kernel.retry import Backoff
+from kernel.scheduler import Schedule, ScheduleStats
+from kernel.serialization import dump_arguments
+from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
+
+if TYPE_CHECKING:
+    from kernel.queue import JobQueue
+
+__all__ = ["ScheduleFeeder"]
+
+log = logging.getLogger("kernel.queue")
+
+
+def _never() -> None:  # pragma: no cover - a queued schedule emits, never calls
+    raise AssertionError("a queued schedule's function is never called")
+
+
+@attrs.define(eq=False)
+class _QueuedSchedule:
+    """A schedule whose slots become copies of ``template``, a checked job."""
+
+    trigger: Trigger  # as given: re-anchored when restored from the store
+    template: JobRecord
+    schedule: Schedule | None = None
+    restored: bool = False  # its stored last fire has been read
+    held: list[JobRecord] = attrs.field(factory=list)  # fired before that
+
+
+class ScheduleFeeder:
+    """The queued schedules of one `JobQueue`, and the task that stores
+    their fired slots (`run`, started by the queue)."""
+
+    def __init__(self, jobs: JobQueue) -> None:
+        self._jobs = jobs
+        self._schedules: dict[str, _QueuedSchedule] = {}
+        self._fired: deque[JobRecord] = deque()
+        self._restoring: list[_QueuedSchedule] = []
+        self._feed = trio.Event()
+
+    def add(
+        self,
+        task: str | Callable[..., Any],
+        trigger: Trigger,
+        *,
+        name: str | None = None,
+        args: list[Any] | tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        misfire: MisfirePolicy | None = None,
+        overlap: OverlapPolicy | None = None,
+    ) -> Schedule:
+        """`JobQueue.add_schedule`."""
+        spec = self._jobs._spec(task)
+        label = validate_name("schedule", name if name is not None else spec.name)
+        current = self._schedules.get(label)
+        if current is not None and current.schedule is not None and not current.schedule.finished:
+            raise InvalidJob("name", label, "a schedule of that name is already active")
+        overlap = overlap if overlap is not None else SkipIfRunning()
+        if not isinstance(overlap, SkipIfRunning | AllowOverlap):
+            raise InvalidJob(
+                "overlap",
+                overlap,
+                "a queued schedule takes SkipIfRunning() or AllowOverlap(); "
+                "the queue, not the schedule, holds its waiting runs",
+            )
+        now = self._jobs.clock.now()
+        dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
+        entry = _QueuedSchedule(
+            trigger,
+            JobRecord(  # every field checked now, not at the first fire
+                task=spec.name,
+                args=dumped_args,
+                kwargs=dumped_kwargs,
+                queue=queue if queue is not None else spec.queue,
+                priority=priority,
+                run_at=now,
+                enqueued_at=now,
+                dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
+                schedule=label,
+            ),
+        )
+        entry.schedule = self._jobs.scheduler.add_schedule(
+            _never,
+            trigger,
+            name=label,
+            misfire=misfire,
+            overlap=overlap,
+            emit=lambda schedule, slots: self._emit(entry, slots),
+        )
+        self._schedules[label] = entry
+        self._jobs._queue(entry.template.queue)
+        self._restoring.append(entry)
+        self._feed.set()
+        return entry.schedule
+
+    def _emit(self, entry: _QueuedSchedule, slots: list[datetime]) -> None:
+        """The scheduler's hand-off, on its driver task: no I/O here, the
+        feeder stores the jobs."""
+        now = self._jobs.clock.now()
+        template = entry.template
+        for index, slot in enumerate(slots):
+            changes: dict[str, object] = {
+                "id": new_job_id(),
+                "args": clone_json(template.args),
+                "kwargs": clone_json(template.kwargs),
+                "run_at": now,
+                "enqueued_at": now,
+                "fire_time": utc_datetime(slot, field="fire_time"),
+            }
+            if index:  # caught-up slots after the first are enqueued whatever the overlap
+                changes["dedup_key"] = None
+            fired = derive_record(template, changes)
+            (self._fired if entry.restored else entry.held).append(fired)
+        self._feed.set()
+
+    async def run(self) -> None:
+        """Store the fired slots' jobs and the schedules' last fires, in
+        order; while the store fails, keep them and retry with backoff
+        (storing a slot twice is harmless: the store claims it once)."""
+        backoff = Backoff()
+        while True:
+            await self._feed.wait()
+            self._feed = trio.Event()
+            try:
+                await self._restore_schedules()
+                await self._store_fired()
+                backoff.reset()
+            except StorageError as exc:
+                wait = backoff.next()
+                log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
+                await self._jobs.scheduler.sleep(wait)
+                self._feed.set()
+
+    async def _store_fired(self) -> None:
+        last: dict[str, datetime] = {}
+        while self._fired:
+            job = self._fired[0]
+            stored, created = await self._jobs.store.enqueue(job)
+            self._fired.popleft()
+            if job.schedule is not None and job.fire_time is not None:
+                previous = last.get(job.schedule)
+                if previous is None or job.fire_time > previous:
+                    last[job.schedule] = job.fire_time
+            if created:
+                self._jobs._wake(stored.queue)
+                await self._jobs._publish("job.enqueued", stored)
+            elif stored.id != job.id:  # held back by the overlap policy
+                stats = self.stats_of(job)
+                if stats is not None:
+                    stats.skipped += 1
+        for name, fire_time in last.items():
+            entry = self._schedules.get(name)
+            next_fire = (
+                None if entry is None or entry.schedule is None else entry.schedule.next_fire_time
+            )
+            await self._jobs.store.put_schedule_state(
+                name,
+                {
+                    "last_fire_time": fire_time.isoformat(),
+                    "next_fire_time": None if next_fire is None else next_fire.isoformat(),
+                },
+            )
+
+    async def _restore_schedules(self) -> None:
+        """Re-plan each new schedule from its stored last fire. Slots fired
+        before that are held back; the missed slots are emitted at once,
+        before the fired jobs are stored, so the stored last fire never
+        passes a slot that is not stored yet."""
+        while self._restoring:
+            entry = self._restoring[0]
+            schedule = entry.schedule
+            assert schedule is not None
+            state = await self._jobs.store.get_schedule_state(schedule.name)
+            self._restoring.pop(0)
+            entry.restored = True
+            held, entry.held = entry.held, []
+            last = None if state is None else state.get("last_fire_time")
+            if isinstance(last, str) and not schedule.finished and not schedule.paused:
+                # what fired meanwhile was planned on a provisional grid: drop
+                # it and re-plan from the last fire on the schedule's own grid
+                schedule._restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
+            else:
+                self._fired.extend(held)  # a first start: its grid is the grid
+
+    def stats_of(self, job: JobRecord) -> ScheduleStats | None:
+        """The stats of the local schedule that enqueued ``job``, if any."""
+        entry = None if job.schedule is None else self._schedules.get(job.schedule)
+        return None if entry is None or entry.schedule is None else entry.schedule.stats
