@@ -978,8 +978,7 @@ class JobQueue:
                 continue
             if reaped:
                 log.warning("reaped %d job(s) with expired leases", len(reaped))
-                for state in self._queues.values():
-                    state.wake.set()
+                self._wake_all()
 
 
 async def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
