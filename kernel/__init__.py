@@ -6,6 +6,7 @@ packages use only these names (plus `kernel.ports` and `kernel.testing`).
 
 from __future__ import annotations
 
+from kernel._exports import fixup_module_metadata
 from kernel.breaker import BreakerState, CircuitBreaker
 from kernel.clock import Clock
 from kernel.cron import CronExpression
@@ -108,3 +109,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+fixup_module_metadata(__name__, globals())

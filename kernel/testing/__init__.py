@@ -24,6 +24,7 @@ import importlib
 import sys
 from typing import TYPE_CHECKING
 
+from kernel._exports import fixup_module_metadata
 from kernel.testing.recording import RecordingNotifier
 
 if TYPE_CHECKING:
@@ -55,9 +56,13 @@ if "pytest" in sys.modules:
     if _pending:
         sys.modules["pytest"].register_assert_rewrite(*_pending)
 
+fixup_module_metadata(__name__, {**globals(), "__all__": ["RecordingNotifier"]})
+
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    fixup_module_metadata(__name__, {"__all__": [name], name: value})
+    return value
