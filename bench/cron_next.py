@@ -1,11 +1,11 @@
-"""Microseconds per "next fire time" call: kernel.cron vs cronsim vs croniter.
+"""Microseconds per "next fire time" call: kernel.time.cron vs cronsim vs croniter.
 
 Each library walks the same schedule from the same start for STEPS fire
 times (its natural use: the next fire after the previous one); the figure is
 time per call, the median (and p10/p90) of REPEATS such walks. The iterator
 objects of cronsim and croniter are built outside the timed part, so their
-parsing is not counted; kernel.cron parses once too. A last column times
-kernel.cron from 1,000 random start instants (no walk), to show that the
+parsing is not counted; kernel.time.cron parses once too. A last column times
+kernel.time.cron from 1,000 random start instants (no walk), to show that the
 speed does not come from iterating.
 
 The goal (issue): at least 5x croniter and 1.5x cronsim.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from croniter import croniter
 from cronsim import CronSim
 
-from kernel.cron import CronExpression
+from kernel.time.cron import CronExpression
 
 EXPRESSIONS = ["*/5 * * * *", "0 2 * * *", "0 9 * * 1-5", "0 0 29 2 *"]
 ZONES: list[tuple[str, tzinfo]] = [("UTC", UTC), ("Europe/Berlin", ZoneInfo("Europe/Berlin"))]

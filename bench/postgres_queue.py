@@ -68,8 +68,8 @@ import psycopg
 import trio
 from psycopg.conninfo import make_conninfo
 
-from kernel.queue import JobQueue
-from kernel.scheduler import open_scheduler
+from kernel.jobs.queue import JobQueue
+from kernel.time.scheduler import open_scheduler
 from kernel_postgres import open_storage
 from kernel_postgres.schema import apply_migrations
 

@@ -72,8 +72,8 @@ import attrs
 import trio
 
 import kernel
-from kernel.clock import TICKS_PER_SECOND
-from kernel.wheel import SLOTS_PER_LEVEL
+from kernel.time.clock import TICKS_PER_SECOND
+from kernel.time.wheel import SLOTS_PER_LEVEL
 
 VARIANTS = ("baseline", "kernel-timers", "kernel-schedules")
 LABELS = {

@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel.wheel import TimerWheel
+from kernel.time.wheel import TimerWheel
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

@@ -1,4 +1,4 @@
-"""The kernel's work queue (`kernel.queue.JobQueue`) against bare trio and APScheduler 4.
+"""The kernel's work queue (`kernel.jobs.queue.JobQueue`) against bare trio and APScheduler 4.
 
     python bench/work_queue.py                         # all three parts, 30 s schedule runs
     python bench/work_queue.py --quick                 # fewer jobs, 10 s schedule runs
@@ -58,11 +58,11 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from kernel.jobs import MemoryJobStore
-from kernel.queue import JobQueue
-from kernel.scheduler import open_scheduler
-from kernel.storage_sqlite import SQLiteStorage
-from kernel.triggers import Every
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.record import MemoryJobStore
+from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.time.scheduler import open_scheduler
+from kernel.time.triggers import Every
 
 __all__ = ["main"]
 

@@ -16,7 +16,7 @@ import asyncio
 
 from examples.heartbeat import Heartbeat, stamp
 from kernel import ExitCode, Kernel
-from kernel.embedding import AsyncioHandle, embed_in_asyncio
+from kernel.runtime.embedding import AsyncioHandle, embed_in_asyncio
 
 
 async def serve_requests(host: AsyncioHandle, seconds: float, every: float) -> None:

@@ -15,7 +15,7 @@ import time
 
 from examples.heartbeat import Heartbeat, stamp
 from kernel import ExitCode, Kernel
-from kernel.embedding import KernelThread
+from kernel.runtime.embedding import KernelThread
 
 
 def fired(status: dict[str, object]) -> int:

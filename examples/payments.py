@@ -26,9 +26,9 @@ from typing import Any
 import attrs
 
 from kernel import Cron, Manifest, Message, Permission, Plugin, PluginContext
-from kernel.breaker import CircuitBreaker
-from kernel.retry import RetryPolicy
-from kernel.triggers import RunOnce
+from kernel.resilience.breaker import CircuitBreaker
+from kernel.resilience.retry import RetryPolicy
+from kernel.time.triggers import RunOnce
 
 __all__ = ["FakePaymentProvider", "Payments", "PaymentsConfig", "ProviderDown"]
 

@@ -7,10 +7,6 @@ packages use only these names (plus `kernel.ports` and `kernel.testing`).
 from __future__ import annotations
 
 from kernel._exports import fixup_module_metadata
-from kernel.breaker import BreakerState, CircuitBreaker
-from kernel.clock import Clock
-from kernel.cron import CronExpression
-from kernel.embedding import KernelThread, embed_in_asyncio
 from kernel.errors import (
     CircuitOpen,
     ConfigError,
@@ -20,16 +16,27 @@ from kernel.errors import (
     PluginDependencyError,
     PluginStateError,
 )
-from kernel.health import HealthMonitor, HealthReport, Status
-from kernel.metrics import Metrics
-from kernel.plugins import Manifest, Permission, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.jobs.queue import JobQueue, RateLimit
+from kernel.observe.health import HealthMonitor, HealthReport, Status
+from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Message, Notifier, Storage
-from kernel.queue import JobQueue, RateLimit
-from kernel.retry import Jitter, RetryPolicy
-from kernel.runtime import ExitCode, Kernel, PluginSpec
-from kernel.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
-from kernel.supervisor import PluginState
-from kernel.triggers import (
+from kernel.resilience.breaker import BreakerState, CircuitBreaker
+from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.runtime.embedding import KernelThread, embed_in_asyncio
+from kernel.runtime.kernel import ExitCode, Kernel, PluginSpec
+from kernel.runtime.plugins import (
+    Manifest,
+    Permission,
+    Plugin,
+    PluginContext,
+    Restart,
+    RestartIntensity,
+)
+from kernel.runtime.supervisor import PluginState
+from kernel.time.clock import Clock
+from kernel.time.cron import CronExpression
+from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
+from kernel.time.triggers import (
     AllOf,
     AllowOverlap,
     AnyOf,
@@ -46,7 +53,7 @@ from kernel.triggers import (
     SkipMissed,
     Trigger,
 )
-from kernel.wheel import Timer, TimerWheel
+from kernel.time.wheel import Timer, TimerWheel
 
 __all__ = [
     "AllOf",

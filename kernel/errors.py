@@ -75,7 +75,7 @@ class HealthCheckError(KernelError, ValueError):
         return f"health check {self.name!r}: {self.reason}"
 
 
-# --- ports and adapters (kernel.ports, kernel.discovery) -------------------
+# --- ports and adapters (kernel.ports, kernel.runtime.discovery) -------------------
 
 
 class NotJSONSerializable(KernelError, TypeError, ValueError):
@@ -377,7 +377,7 @@ class ConfigError(KernelError, ValueError):
 __all__ += ["ConfigError"]
 
 
-# --- retries and circuit breakers (kernel.retry, kernel.breaker) ------------
+# --- retries and circuit breakers (kernel.resilience.retry, kernel.resilience.breaker) ------------
 
 
 class InvalidRetryPolicy(KernelError, ValueError):
@@ -440,7 +440,7 @@ class CircuitOpen(KernelError):
 __all__ += ["CircuitOpen", "InvalidCircuitBreaker", "InvalidRetryPolicy"]
 
 
-# --- jobs and the SQLite storage (kernel.jobs, kernel.storage_sqlite) --------
+# --- jobs and the SQLite storage (kernel.jobs.record, kernel.storage.sqlite.storage) --------
 
 
 class InvalidJob(KernelError, ValueError):
@@ -527,7 +527,7 @@ class SchemaOutdated(StorageError):
 __all__ += ["InvalidJob", "JobConflict", "SchemaOutdated", "SchemaVersionError"]
 
 
-# --- the work queue (kernel.queue) -------------------------------------------
+# --- the work queue (kernel.jobs.queue) -------------------------------------------
 
 
 class UnknownTask(KernelError, LookupError):

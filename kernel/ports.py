@@ -2,9 +2,9 @@
 
 A port is a `typing.Protocol`; an adapter is any object with those methods
 (no base class to inherit). The kernel ships one adapter per port so it runs
-with nothing installed (`kernel.storage_memory`, `kernel.bus_local`,
-`kernel.notifier_log`); SQLite, PostgreSQL, Redis, NATS, e-mail... ship as
-extension packages found by `kernel.discovery`. The shape follows
+with nothing installed (`kernel.storage.memory`, `kernel.bus.local`,
+`kernel.notifier.log`); SQLite, PostgreSQL, Redis, NATS, e-mail... ship as
+extension packages found by `kernel.runtime.discovery`. The shape follows
 APScheduler 4's ``abc.py`` (data stores and event brokers behind one
 interface each) and httpcore's transports (the core never knows which backend
 it talks to).

@@ -30,12 +30,12 @@ import attrs
 import trio
 
 from kernel.errors import JobConflict
-from kernel.jobs import JobRecord, JobState, JobStore
-from kernel.queue import JobQueue
-from kernel.retry import RetryPolicy
-from kernel.scheduler import Schedule, open_scheduler
-from kernel.storage_sqlite import SQLiteStorage
-from kernel.triggers import AllowOverlap, CatchUp, Every, MisfirePolicy, RunOnce, SkipMissed
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.record import JobRecord, JobState, JobStore
+from kernel.resilience.retry import RetryPolicy
+from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.time.scheduler import Schedule, open_scheduler
+from kernel.time.triggers import AllowOverlap, CatchUp, Every, MisfirePolicy, RunOnce, SkipMissed
 
 WORK = "work"
 TICKS = "ticks"

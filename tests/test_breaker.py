@@ -18,8 +18,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from kernel.breaker import BreakerState, CircuitBreaker
 from kernel.errors import CircuitOpen, InvalidCircuitBreaker, KernelError
+from kernel.resilience.breaker import BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "retries.md"

@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel.bus_local import (
+from kernel.bus.local import (
     DEFAULT_BUFFER,
     LocalBus,
     LocalSubscription,

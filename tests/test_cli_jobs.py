@@ -12,9 +12,9 @@ import trio
 from click.testing import CliRunner, Result
 
 from kernel.cli import main
-from kernel.cli_jobs import error_summary
-from kernel.jobs import JobRecord, JobState
-from kernel.storage_sqlite import SQLiteStorage
+from kernel.cli.jobs import error_summary
+from kernel.jobs.record import JobRecord, JobState
+from kernel.storage.sqlite.storage import SQLiteStorage
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 TRACEBACK = (

@@ -1,4 +1,4 @@
-"""Unit and property tests of kernel.cron: syntax, day rules, DST policy, errors."""
+"""Unit and property tests of kernel.time.cron: syntax, day rules, DST policy, errors."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel.cron import CronExpression, parse_cron
 from kernel.errors import CronSyntaxError
+from kernel.time.cron import CronExpression, parse_cron
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

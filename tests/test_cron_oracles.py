@@ -1,4 +1,4 @@
-"""kernel.cron against two independent implementations, cronsim and croniter.
+"""kernel.time.cron against two independent implementations, cronsim and croniter.
 
 Hypothesis writes 5-field expressions from the syntax all three share and
 start instants in 2000-2040 (often within hours of a DST change) in UTC and
@@ -19,8 +19,8 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from kernel.cron import CronExpression
 from kernel.errors import CronSyntaxError
+from kernel.time.cron import CronExpression
 
 ZONES = [
     UTC,

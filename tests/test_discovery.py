@@ -15,9 +15,19 @@ from typing import Any
 
 import pytest
 
-from kernel import discovery
-from kernel.bus_local import LocalBus
-from kernel.discovery import (
+from kernel.bus.local import LocalBus
+from kernel.errors import (
+    AdapterLoadError,
+    AdapterNotFound,
+    EntryPointConflict,
+    InvalidAdapterURL,
+    PluginLoadError,
+    PluginNotFound,
+)
+from kernel.notifier.log import LogNotifier
+from kernel.ports import Storage
+from kernel.runtime import discovery
+from kernel.runtime.discovery import (
     STORAGE_GROUP,
     AdapterRegistry,
     load_plugin_factory,
@@ -28,17 +38,7 @@ from kernel.discovery import (
     url_options,
     url_scheme,
 )
-from kernel.errors import (
-    AdapterLoadError,
-    AdapterNotFound,
-    EntryPointConflict,
-    InvalidAdapterURL,
-    PluginLoadError,
-    PluginNotFound,
-)
-from kernel.notifier_log import LogNotifier
-from kernel.ports import Storage
-from kernel.storage_memory import MemoryStorage
+from kernel.storage.memory import MemoryStorage
 
 EntryPoint = importlib.metadata.EntryPoint
 
@@ -73,7 +73,7 @@ def registry(*triples: tuple[str, str, str]) -> AdapterRegistry:
         "storage",
         STORAGE_GROUP,
         Storage,
-        {"memory": "kernel.storage_memory:open_memory_storage"},
+        {"memory": "kernel.storage.memory:open_memory_storage"},
         find_entry_points=entry_points(*triples),
     )
 

@@ -35,9 +35,9 @@ from kernel import (
     Schedule,
 )
 from kernel.config import load_config, structure_config
-from kernel.discovery import load_plugin_factory
 from kernel.ports import Level, Message
-from kernel.storage_memory import MemoryStorage
+from kernel.runtime.discovery import load_plugin_factory
+from kernel.storage.memory import MemoryStorage
 from kernel.testing import RecordingNotifier
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

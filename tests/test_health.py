@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import HealthCheckError, KernelError
-from kernel.health import (
+from kernel.observe.health import (
     OVERALL,
     HealthCheck,
     HealthMonitor,

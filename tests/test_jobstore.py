@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import InvalidJob, JobConflict, NotJSONSerializable
-from kernel.jobs import (
+from kernel.jobs.record import (
     JobRecord,
     JobState,
     JobStore,
@@ -24,7 +24,7 @@ from kernel.jobs import (
     clean_error_text,
     effective_priority,
 )
-from kernel.storage_sqlite import MEMORY, SQLiteStorage
+from kernel.storage.sqlite.storage import MEMORY, SQLiteStorage
 from kernel.testing.jobstore_contract import LEASE, T0, JobStoreContract, make_job
 
 

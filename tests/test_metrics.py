@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import KernelError, MetricError
-from kernel.metrics import (
+from kernel.observe.metrics import (
     MAX_BUCKETS,
     MAX_TRACKABLE,
     MIN_TRACKABLE,

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from kernel.errors import InvalidAdapterURL, InvalidNotification
-from kernel.notifier_log import DEFAULT_LOGGER, LogNotifier, open_log_notifier
+from kernel.notifier.log import DEFAULT_LOGGER, LogNotifier, open_log_notifier
 from kernel.ports import Level, Notification
 from kernel.testing import NotifierContract
 from kernel.testing.notifier_contract import Delivered

@@ -9,11 +9,11 @@ import trio
 from trio.testing import MockClock
 
 from kernel import Kernel, Manifest, Plugin, PluginContext, PluginSpec
-from kernel.clock import Clock
-from kernel.jobs import JobState, MemoryJobStore
-from kernel.retry import Jitter, RetryPolicy
-from kernel.supervisor import PluginState
-from kernel.triggers import CatchUp, Every, QueueOne
+from kernel.jobs.record import JobState, MemoryJobStore
+from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.runtime.supervisor import PluginState
+from kernel.time.clock import Clock
+from kernel.time.triggers import CatchUp, Every, QueueOne
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

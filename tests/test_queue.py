@@ -16,20 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from kernel.breaker import CircuitBreaker
-from kernel.clock import Clock
 from kernel.errors import (
     DuplicateTask,
     InvalidJob,
     NotJSONSerializable,
     UnknownTask,
 )
-from kernel.jobs import JobRecord, JobState, JobStore, MemoryJobStore
-from kernel.metrics import Metrics
-from kernel.queue import JobQueue, RateLimit, RateWindow
-from kernel.retry import Jitter, RetryPolicy
-from kernel.scheduler import Scheduler, open_scheduler
-from kernel.storage_sqlite import SQLiteStorage
+from kernel.jobs.queue import JobQueue, RateLimit, RateWindow
+from kernel.jobs.record import JobRecord, JobState, JobStore, MemoryJobStore
+from kernel.observe.metrics import Metrics
+from kernel.resilience.breaker import CircuitBreaker
+from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.time.clock import Clock
+from kernel.time.scheduler import Scheduler, open_scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)

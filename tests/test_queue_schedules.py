@@ -14,14 +14,14 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from kernel.clock import Clock
 from kernel.errors import InvalidJob, StorageError, UnknownTask
-from kernel.jobs import JobRecord, JobState, MemoryJobStore
-from kernel.metrics import Metrics
-from kernel.queue import JobQueue
-from kernel.retry import Jitter, RetryPolicy
-from kernel.scheduler import open_scheduler
-from kernel.triggers import AllowOverlap, CatchUp, Cron, Every, QueueOne, RunOnce, SkipMissed
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.record import JobRecord, JobState, MemoryJobStore
+from kernel.observe.metrics import Metrics
+from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.time.clock import Clock
+from kernel.time.scheduler import open_scheduler
+from kernel.time.triggers import AllowOverlap, CatchUp, Cron, Every, QueueOne, RunOnce, SkipMissed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)

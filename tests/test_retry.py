@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import InvalidRetryPolicy, KernelError
-from kernel.retry import Decision, Jitter, Outcome, RetryPolicy
+from kernel.resilience.retry import Decision, Jitter, Outcome, RetryPolicy
 
 US = timedelta(microseconds=1)
 

@@ -30,8 +30,8 @@ from kernel import (
     RestartIntensity,
 )
 from kernel.ports import JSON, Level, Message
-from kernel.storage_memory import MemoryStorage
-from kernel.supervisor import RestartBudget, should_restart
+from kernel.runtime.supervisor import RestartBudget, should_restart
+from kernel.storage.memory import MemoryStorage
 from kernel.testing import RecordingNotifier
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,9 +10,9 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from kernel.clock import Clock
-from kernel.scheduler import Scheduler, open_scheduler
-from kernel.triggers import (
+from kernel.time.clock import Clock
+from kernel.time.scheduler import Scheduler, open_scheduler
+from kernel.time.triggers import (
     AllowOverlap,
     At,
     CancelRunning,

@@ -14,13 +14,13 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from kernel.clock import Clock
 from kernel.config import parse_config
 from kernel.errors import NotJSONSerializable
-from kernel.jobs import JobRecord, JobState, MemoryJobStore
-from kernel.queue import JobQueue
-from kernel.scheduler import open_scheduler
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.record import JobRecord, JobState, MemoryJobStore
 from kernel.serialization import PayloadError, converter, dump_arguments, load_arguments
+from kernel.time.clock import Clock
+from kernel.time.scheduler import open_scheduler
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from kernel.errors import InvalidAdapterURL, InvalidStorageKey, NotJSONSerializable
 from kernel.ports import JSON, Storage, copy_json, validate_key, validate_namespace
-from kernel.storage_memory import MemoryStorage, open_memory_storage
+from kernel.storage.memory import MemoryStorage, open_memory_storage
 from kernel.testing import StorageContract
 
 

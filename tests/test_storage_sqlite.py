@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from kernel.discovery import STORAGE_GROUP, AdapterRegistry
 from kernel.errors import InvalidAdapterURL, SchemaVersionError, StorageClosed, StorageError
-from kernel.jobs import JobRecord, JobState, JobStore
+from kernel.jobs.record import JobRecord, JobState, JobStore
 from kernel.ports import Storage
-from kernel.storage_sqlite import (
+from kernel.runtime.discovery import STORAGE_GROUP, AdapterRegistry
+from kernel.storage.sqlite.storage import (
     MEMORY,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -165,8 +165,8 @@ async def test_a_commit_survives_kill_9(tmp_path: Path) -> None:
 
         import trio
 
-        from kernel.jobs import JobRecord
-        from kernel.storage_sqlite import SQLiteStorage
+        from kernel.jobs.record import JobRecord
+        from kernel.storage.sqlite.storage import SQLiteStorage
 
         async def main():
             storage = await SQLiteStorage.open({str(path)!r})
@@ -352,12 +352,12 @@ async def test_a_backend_failure_is_a_storage_error(tmp_path: Path) -> None:
 
 
 async def test_discovery_can_open_it_as_a_built_in(tmp_path: Path) -> None:
-    # What kernel.discovery.STORAGE_ADAPTERS does once "sqlite" is a built-in scheme.
+    # What kernel.runtime.discovery.STORAGE_ADAPTERS does once "sqlite" is a built-in scheme.
     adapters = AdapterRegistry(
         "storage",
         STORAGE_GROUP,
         Storage,
-        {"sqlite": "kernel.storage_sqlite:open_sqlite_storage"},
+        {"sqlite": "kernel.storage.sqlite.storage:open_sqlite_storage"},
         find_entry_points=lambda group: [],
     )
     storage = await adapters.open(f"sqlite:///{tmp_path}/state.db?synchronous=full")
@@ -369,7 +369,7 @@ async def test_discovery_can_open_it_as_a_built_in(tmp_path: Path) -> None:
 async def test_concurrent_completions_commit_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kernel.storage_sqlite as module
+    import kernel.storage.sqlite.storage as module
 
     batches: list[int] = []
     complete_many = module._complete_many

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel.errors import CronSyntaxError
-from kernel.triggers import (
+from kernel.time.triggers import (
     AllOf,
     AllowOverlap,
     AnyOf,

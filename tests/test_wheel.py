@@ -21,7 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from kernel.wheel import Timer, TimerWheel
+from kernel.time.wheel import Timer, TimerWheel
 
 MS_PER_YEAR = 365 * 24 * 3600 * 1000
 

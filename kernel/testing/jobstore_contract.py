@@ -1,4 +1,4 @@
-"""The job-store contract: the tests every `kernel.jobs.JobStore` passes.
+"""The job-store contract: the tests every `kernel.jobs.record.JobStore` passes.
 
 Subclass `JobStoreContract` in a test module and provide a ``job_store``
 fixture yielding an open store (and closing it afterwards)::
@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from kernel.errors import InvalidJob, JobConflict, NotJSONSerializable, StorageClosed
-from kernel.jobs import JobRecord, JobState, JobStore
+from kernel.jobs.record import JobRecord, JobState, JobStore
 from kernel.ports import JSON
 
 __all__ = ["LEASE", "T0", "JobStoreContract", "make_job"]

@@ -2,7 +2,7 @@
 
 - `open_storage` (entry point ``kernel.storage``, schemes ``postgresql`` and
   ``postgres``): `PostgresStorage`, the key-value `kernel.ports.Storage`
-  and the `kernel.jobs.JobStore` in one, with LISTEN/NOTIFY wake-ups;
+  and the `kernel.jobs.record.JobStore` in one, with LISTEN/NOTIFY wake-ups;
 - `open_bus` (entry point ``kernel.bus``): `PostgresBus`, publish/subscribe
   over LISTEN/NOTIFY;
 - `upgrade` (entry point ``kernel.migrate``): the schema migrations behind

@@ -19,8 +19,8 @@ import attrs
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
-from kernel.discovery import redact_url
 from kernel.errors import InvalidAdapterURL
+from kernel.runtime.discovery import redact_url
 
 __all__ = [
     "BUS_OPTIONS",

@@ -4,7 +4,7 @@ Every node's `PostgresBus` LISTENs on one channel per schema
 (``kernel_bus:<schema>``) on a connection of its own; `PostgresBus.publish`
 is one ``pg_notify`` on a pooled connection; patterns are matched locally
 (`kernel.ports.topic_matches`), so PostgreSQL never needs to know them.
-Subscriptions are bounded like `kernel.bus_local`'s: a subscriber that does
+Subscriptions are bounded like `kernel.bus.local`'s: a subscriber that does
 not keep up loses its oldest waiting message, and each loss is counted in
 `PostgresSubscription.dropped`.
 
@@ -169,7 +169,7 @@ class PostgresSubscription:
             pass
         except trio.ClosedResourceError:  # pragma: no cover - left meanwhile
             return
-        self._receive.receive_nowait()  # drop the oldest, as kernel.bus_local does
+        self._receive.receive_nowait()  # drop the oldest, as kernel.bus.local does
         self._send.send_nowait(message)
         self._dropped += 1
         self._bus._dropped += 1

@@ -16,7 +16,7 @@ transactional, so a failed upgrade leaves the schema as it was.
 
 Every table is prefixed ``kernel_`` and lives in the URL's ``schema``
 (default ``public``), so several kernels can share one database. Times are
-integer microseconds since the Unix epoch, UTC (`kernel.jobs.to_epoch_micros`):
+integer microseconds since the Unix epoch, UTC (`kernel.jobs.record.to_epoch_micros`):
 exact, and the aging arithmetic of a claim stays integer. JSON is stored as
 text, not ``jsonb``: ``jsonb`` refuses ``\\u0000`` in strings and would
 re-encode numbers, and the contract wants every value back as written.

@@ -1,11 +1,11 @@
 """The ``postgresql://`` storage: key-value state and jobs shared by many nodes.
 
 `PostgresStorage` is one object with both ports, as
-`kernel.storage_sqlite.SQLiteStorage` is: `kernel.ports.Storage` (JSON
-values in namespaces) and `kernel.jobs.JobStore` (jobs under leases,
+`kernel.storage.sqlite.storage.SQLiteStorage` is: `kernel.ports.Storage` (JSON
+values in namespaces) and `kernel.jobs.record.JobStore` (jobs under leases,
 once-only schedule slots, schedule state), with exactly the memory store's
 semantics, so the kernel's contract suites pass against a real server. It
-also offers `kernel.jobs.EnqueueListener`: idle nodes wake when any node
+also offers `kernel.jobs.record.EnqueueListener`: idle nodes wake when any node
 makes a job claimable, through LISTEN/NOTIFY, instead of polling.
 
 What holds across nodes, and how:
@@ -47,7 +47,7 @@ import psycopg.errors
 import trio
 
 from kernel.errors import JobConflict, StorageClosed, StorageError
-from kernel.jobs import (
+from kernel.jobs.record import (
     MAX_CLAIM_LIMIT,
     MAX_LIST_LIMIT,
     EnqueueListener,
@@ -565,7 +565,7 @@ def _enqueue_checked(
 
 def _reap(sql: _Statements, now_us: int) -> Callable[[Connection], list[str]]:
     """Two statements: the workers whose leases ran out, then requeue their
-    expired jobs with each worker's message (`kernel.jobs.lease_expired_error`
+    expired jobs with each worker's message (`kernel.jobs.record.lease_expired_error`
     quotes the worker the way Python does, which SQL cannot)."""
 
     def work(connection: Connection) -> list[str]:
@@ -622,8 +622,8 @@ def _prepare(options: PostgresOptions) -> None:
 
 @attrs.define(eq=False)
 class PostgresStorage:
-    """`kernel.ports.Storage`, `kernel.jobs.JobStore` and
-    `kernel.jobs.EnqueueListener` on a PostgreSQL schema.
+    """`kernel.ports.Storage`, `kernel.jobs.record.JobStore` and
+    `kernel.jobs.record.EnqueueListener` on a PostgreSQL schema.
 
     Open with `open_storage` (or ``await PostgresStorage.open(options)``);
     usable as ``async with``. See the module docstring for what holds
@@ -736,7 +736,7 @@ class PostgresStorage:
         validate_namespace(namespace)
         return await self._db.run(_rowcount(self._sql.kv_clear, (namespace,)))
 
-    # -- jobs (kernel.jobs.JobStore) -----------------------------------------
+    # -- jobs (kernel.jobs.record.JobStore) -----------------------------------------
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = _job_row(check_enqueue(job))
@@ -909,7 +909,7 @@ class PostgresStorage:
         earliest = rows[0][0]
         return None if earliest is None else from_epoch_micros(earliest)
 
-    # -- schedules (kernel.jobs.JobStore) ------------------------------------
+    # -- schedules (kernel.jobs.record.JobStore) ------------------------------------
 
     async def claim_slot(self, schedule: str, fire_time: datetime) -> bool:
         validate_name("schedule", schedule)
@@ -933,7 +933,7 @@ class PostgresStorage:
             _rowcount(self._sql.put_schedule_state, (schedule, text)), idempotent=True
         )
 
-    # -- waking idle nodes (kernel.jobs.EnqueueListener) -------------------------
+    # -- waking idle nodes (kernel.jobs.record.EnqueueListener) -------------------------
 
     async def listen_enqueued(
         self,

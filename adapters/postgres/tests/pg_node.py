@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from kernel.jobs.queue import JobQueue
 from kernel.ports import Bus, JSONLike, Subscription
-from kernel.queue import JobQueue
-from kernel.retry import RetryPolicy
-from kernel.scheduler import open_scheduler
-from kernel.triggers import (
+from kernel.resilience.retry import RetryPolicy
+from kernel.time.scheduler import open_scheduler
+from kernel.time.triggers import (
     AllowOverlap,
     CatchUp,
     Every,

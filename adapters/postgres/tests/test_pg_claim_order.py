@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from kernel.jobs import JobRecord, MemoryJobStore
+from kernel.jobs.record import JobRecord, MemoryJobStore
 from kernel.testing.jobstore_contract import LEASE, T0
 from kernel_postgres import open_storage
 

@@ -12,8 +12,6 @@ from click.testing import CliRunner
 from pg_helpers import Admin, with_options
 
 from kernel.cli import main
-from kernel.discovery import open_bus as discover_bus
-from kernel.discovery import open_storage as discover_storage
 from kernel.errors import (
     BusError,
     InvalidAdapterURL,
@@ -21,6 +19,8 @@ from kernel.errors import (
     SchemaVersionError,
     StorageError,
 )
+from kernel.runtime.discovery import open_bus as discover_bus
+from kernel.runtime.discovery import open_storage as discover_storage
 from kernel_postgres import (
     SCHEMA_VERSION,
     PostgresBus,

@@ -1,6 +1,6 @@
 """Schedules whose slots become jobs: the time core feeding the queue.
 
-A queued schedule is a normal `kernel.scheduler.Schedule` with an ``emit``
+A queued schedule is a normal `kernel.time.scheduler.Schedule` with an ``emit``
 hook: when slots come due (after the misfire policy) the scheduler's driver
 hands them over as data, with no task per fire, and one feeder task stores
 them in order as jobs that carry their slot (``schedule``, ``fire_time``).
@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from kernel.errors import InvalidJob, StorageError
-from kernel.jobs import (
+from kernel.jobs.record import (
     JobRecord,
     clone_json,
     derive_record,
@@ -30,13 +30,13 @@ from kernel.jobs import (
     utc_datetime,
     validate_name,
 )
-from kernel.retry import Backoff
-from kernel.scheduler import Schedule, ScheduleStats
+from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
-from kernel.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
+from kernel.time.scheduler import Schedule, ScheduleStats
+from kernel.time.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
 
 if TYPE_CHECKING:
-    from kernel.queue import JobQueue
+    from kernel.jobs.queue import JobQueue
 
 __all__ = ["ScheduleFeeder"]
 

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Literal, cast
 import attrs
 import trio
 
-from kernel.discovery import redact_url, url_options
 from kernel.errors import BusClosed, InvalidAdapterURL
 from kernel.ports import (
     JSON,
@@ -51,6 +50,7 @@ from kernel.ports import (
     validate_pattern,
     validate_topic,
 )
+from kernel.runtime.discovery import redact_url, url_options
 
 __all__ = [
     "DEFAULT_BUFFER",

@@ -22,8 +22,6 @@ import click
 import trio
 
 from kernel.config import KernelConfig, load_config, parse_duration
-from kernel.cron import CronExpression
-from kernel.discovery import load_plugin_factory, open_storage, redact_url, upgrade_storage
 from kernel.errors import (
     AdapterLoadError,
     AdapterNotFound,
@@ -32,9 +30,11 @@ from kernel.errors import (
     InvalidAdapterURL,
     KernelError,
 )
-from kernel.plugins import Manifest
-from kernel.runtime import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
-from kernel.status import StatusUnavailable, read_status, serve_status
+from kernel.runtime.discovery import load_plugin_factory, open_storage, redact_url, upgrade_storage
+from kernel.runtime.kernel import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
+from kernel.runtime.plugins import Manifest
+from kernel.runtime.status import StatusUnavailable, read_status, serve_status
+from kernel.time.cron import CronExpression
 
 __all__ = ["KernelGroup", "main"]
 
@@ -408,9 +408,6 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
-from kernel.cli_jobs import jobs_group  # noqa: E402  (`kernel jobs`; it imports this module lazily)
+from kernel.cli.jobs import jobs_group  # noqa: E402  (`kernel jobs`; it imports this module lazily)
 
 main.add_command(jobs_group)
-
-if __name__ == "__main__":
-    main()

@@ -26,12 +26,12 @@ from typing import Any
 import attrs
 import trio
 
-from kernel.health import HealthMonitor, HealthReport, Status
-from kernel.metrics import Metrics
-from kernel.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.jobs.queue import JobQueue
+from kernel.observe.health import HealthMonitor, HealthReport, Status
+from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
-from kernel.queue import JobQueue
-from kernel.scheduler import Scheduler
+from kernel.runtime.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.time.scheduler import Scheduler
 
 __all__ = ["KernelServices", "PluginState", "PluginSupervisor", "RestartBudget", "should_restart"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from kernel.runtime import Kernel
+from kernel.runtime.kernel import Kernel
 
 __all__ = ["StatusUnavailable", "read_status", "serve_status"]
 

@@ -27,8 +27,8 @@ from datetime import datetime, timedelta
 import attrs
 import trio
 
-from kernel.clock import Clock
-from kernel.triggers import (
+from kernel.time.clock import Clock
+from kernel.time.triggers import (
     MAX_MISSED_SLOTS,
     AllOf,
     AllowOverlap,
@@ -43,7 +43,7 @@ from kernel.triggers import (
     decide_overlap,
     plan_misfire,
 )
-from kernel.wheel import Timer, TimerWheel
+from kernel.time.wheel import Timer, TimerWheel
 
 __all__ = ["Schedule", "ScheduleStats", "Scheduler", "open_scheduler"]
 

@@ -19,7 +19,7 @@ This module is pure data and policy, no SQL and no I/O:
   backend and before anything is written;
 - `effective_priority` and `claim_order`, the claim order every store keeps;
 - `JobStore`, the protocol, and `MemoryJobStore`, the reference store
-  (``kernel.storage_sqlite`` holds the durable one).
+  (``kernel.storage.sqlite.storage`` holds the durable one).
 
 State machine (``docs/storage.md`` has the table)::
 
@@ -901,7 +901,7 @@ class MemoryJobStore:
     not follow, so those wait in a side set that each claim scans. Entries
     of jobs that left the queue are dropped lazily, when they reach a head.
 
-    Kept apart from `kernel.storage_memory.MemoryStorage` so the two can be
+    Kept apart from `kernel.storage.memory.MemoryStorage` so the two can be
     composed into one object that satisfies both ports.
     """
 

@@ -28,17 +28,17 @@ import attrs
 import trio
 
 from kernel.errors import PermissionDenied
-from kernel.metrics import MetricsView
+from kernel.observe.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
-from kernel.retry import RetryPolicy
-from kernel.scheduler import Schedule, Scheduler
-from kernel.triggers import MisfirePolicy, OverlapPolicy, Trigger
+from kernel.resilience.retry import RetryPolicy
+from kernel.time.scheduler import Schedule, Scheduler
+from kernel.time.triggers import MisfirePolicy, OverlapPolicy, Trigger
 
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from kernel.jobs import JobRecord
-    from kernel.queue import JobQueue
+    from kernel.jobs.queue import JobQueue
+    from kernel.jobs.record import JobRecord
 
 __all__ = [
     "Manifest",

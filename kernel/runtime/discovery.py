@@ -281,21 +281,21 @@ STORAGE_ADAPTERS = AdapterRegistry(
     STORAGE_GROUP,
     Storage,
     {
-        "memory": "kernel.storage_memory:open_memory_storage",
-        "sqlite": "kernel.storage_sqlite:open_sqlite_storage",
+        "memory": "kernel.storage.memory:open_memory_storage",
+        "sqlite": "kernel.storage.sqlite.storage:open_sqlite_storage",
     },
 )
 BUS_ADAPTERS = AdapterRegistry(
     "bus",
     BUS_GROUP,
     Bus,
-    {"local": "kernel.bus_local:open_local_bus"},
+    {"local": "kernel.bus.local:open_local_bus"},
 )
 NOTIFIER_ADAPTERS = AdapterRegistry(
     "notifier",
     NOTIFIER_GROUP,
     Notifier,
-    {"log": "kernel.notifier_log:open_log_notifier"},
+    {"log": "kernel.notifier.log:open_log_notifier"},
 )
 
 
@@ -304,8 +304,8 @@ MIGRATIONS = AdapterRegistry(
     MIGRATE_GROUP,
     object,
     {
-        "memory": "kernel.storage_memory:upgrade_memory_storage",
-        "sqlite": "kernel.storage_sqlite:upgrade_sqlite_storage",
+        "memory": "kernel.storage.memory:upgrade_memory_storage",
+        "sqlite": "kernel.storage.sqlite.storage:upgrade_sqlite_storage",
     },
 )
 """How each storage scheme brings its schema up to date: a callable taking

@@ -26,18 +26,18 @@ from typing import Any
 import attrs
 import trio
 
-from kernel.clock import Clock
 from kernel.config import key_path, structure_config
-from kernel.discovery import open_bus, open_notifier, open_storage
 from kernel.errors import PluginDependencyError, PluginStateError
-from kernel.health import HealthMonitor, HealthTransition
-from kernel.jobs import JobStore, MemoryJobStore
-from kernel.metrics import Metrics
-from kernel.plugins import Manifest, Plugin
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.record import JobStore, MemoryJobStore
+from kernel.observe.health import HealthMonitor, HealthTransition
+from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
-from kernel.queue import JobQueue
-from kernel.scheduler import Scheduler
-from kernel.supervisor import KernelServices, PluginState, PluginSupervisor
+from kernel.runtime.discovery import open_bus, open_notifier, open_storage
+from kernel.runtime.plugins import Manifest, Plugin
+from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
+from kernel.time.clock import Clock
+from kernel.time.scheduler import Scheduler
 
 __all__ = ["ExitCode", "Kernel", "PluginSpec", "dependency_order"]
 

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
-from kernel.cron import CronExpression
+from kernel.time.cron import CronExpression
 
 __all__ = [
     "AllOf",
@@ -151,7 +151,7 @@ class Every:
 class Cron:
     """Fire on a cron expression, read in time zone ``tz`` (default UTC).
 
-    The DST policy is cron's own (see `kernel.cron`): a skipped local time
+    The DST policy is cron's own (see `kernel.time.cron`): a skipped local time
     fires once at the first valid instant after it; a repeated one fires once.
     """
 

@@ -1,9 +1,9 @@
 """The priority work queue: named tasks, run from a `JobStore` by bounded workers.
 
 `JobQueue` is the plumbing around three pieces of pure policy: the store's
-claim order (priority with aging, `kernel.jobs.claim_order`), the retry
-policy (`kernel.retry.RetryPolicy`) and the circuit breaker
-(`kernel.breaker.CircuitBreaker`). Its shape follows Oban, Hangfire and
+claim order (priority with aging, `kernel.jobs.record.claim_order`), the retry
+policy (`kernel.resilience.retry.RetryPolicy`) and the circuit breaker
+(`kernel.resilience.breaker.CircuitBreaker`). Its shape follows Oban, Hangfire and
 Celery: tasks are registered by name, a job is one call of a task with JSON
 arguments, and workers claim jobs under a lease they renew by heartbeat, so
 a crashed process's jobs are reclaimed (`JobStore.reap_expired`).
@@ -37,8 +37,6 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from kernel.breaker import CircuitBreaker
-from kernel.clock import Clock
 from kernel.errors import (
     DuplicateTask,
     InvalidJob,
@@ -46,7 +44,8 @@ from kernel.errors import (
     StorageError,
     UnknownTask,
 )
-from kernel.jobs import (
+from kernel.jobs.feeder import ScheduleFeeder
+from kernel.jobs.record import (
     EnqueueListener,
     JobRecord,
     JobState,
@@ -57,14 +56,15 @@ from kernel.jobs import (
     utc_datetime,
     validate_name,
 )
-from kernel.metrics import Metrics
+from kernel.observe.metrics import Metrics
 from kernel.ports import JSON, Bus
-from kernel.queued_schedules import ScheduleFeeder
-from kernel.retry import Backoff, Outcome, RetryPolicy
-from kernel.scheduler import Schedule, Scheduler
+from kernel.resilience.breaker import CircuitBreaker
+from kernel.resilience.retry import Backoff, Outcome, RetryPolicy
 from kernel.serialization import PayloadError, dump_arguments, load_arguments
-from kernel.triggers import MisfirePolicy, OverlapPolicy, Trigger
-from kernel.wheel import Timer
+from kernel.time.clock import Clock
+from kernel.time.scheduler import Schedule, Scheduler
+from kernel.time.triggers import MisfirePolicy, OverlapPolicy, Trigger
+from kernel.time.wheel import Timer
 
 __all__ = ["BREAKER_FLOOR", "JobQueue", "QueueConfig", "RateLimit", "RateWindow", "TaskSpec"]
 
@@ -457,7 +457,7 @@ class JobQueue:
     ) -> Schedule:
         """Enqueue a job of ``task`` at each fire of ``trigger``, so the runs
         get the task's retries, timeout, breaker and metrics, and run on
-        whichever worker sharing the store claims them (`kernel.queued_schedules`).
+        whichever worker sharing the store claims them (`kernel.jobs.feeder`).
 
         The store claims each slot with its job: a slot becomes one job
         across every process running the same schedule. The last fire is

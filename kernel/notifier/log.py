@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from kernel.discovery import redact_url, url_options
 from kernel.errors import InvalidAdapterURL, NotifierClosed
 from kernel.ports import Level, Notifier, validate_notification
+from kernel.runtime.discovery import redact_url, url_options
 
 __all__ = ["DEFAULT_LOGGER", "LogNotifier", "open_log_notifier"]
 

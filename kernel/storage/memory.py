@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, cast
 import attrs
 import trio
 
-from kernel.discovery import url_options
 from kernel.errors import StorageClosed
 from kernel.ports import (
     JSON,
@@ -32,6 +31,7 @@ from kernel.ports import (
     validate_namespace,
     validate_prefix,
 )
+from kernel.runtime.discovery import url_options
 
 __all__ = ["MemoryStorage", "open_memory_storage"]
 

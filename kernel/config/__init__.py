@@ -796,7 +796,7 @@ def _plugin_names(_: object, attribute: attrs.Attribute[Any], value: Mapping[str
 class KernelSettings:
     """The ``[kernel]`` table: which adapters to open and how the kernel
     paces itself. Adapter URLs are only checked for a ``scheme://`` shape
-    here; `kernel.discovery` finds (or fails to find) the adapter."""
+    here; `kernel.runtime.discovery` finds (or fails to find) the adapter."""
 
     #: The runner's durable default: jobs, schedules and plugin states in a
     #: SQLite file in the working directory (embedding defaults to memory).

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 import trio
 
 from kernel.errors import KernelError
-from kernel.runtime import ExitCode, Kernel
+from kernel.runtime.kernel import ExitCode, Kernel
 
 if TYPE_CHECKING:
     from outcome import Outcome

@@ -38,7 +38,6 @@ import click
 import trio
 
 from kernel.config import load_config, parse_duration
-from kernel.discovery import open_storage, redact_url
 from kernel.errors import (
     AdapterLoadError,
     AdapterNotFound,
@@ -47,8 +46,9 @@ from kernel.errors import (
     InvalidJob,
     KernelError,
 )
-from kernel.jobs import MAX_LIST_LIMIT, JobRecord, JobState, JobStore, validate_job_id
-from kernel.storage_sqlite import MEMORY, parse_sqlite_url
+from kernel.jobs.record import MAX_LIST_LIMIT, JobRecord, JobState, JobStore, validate_job_id
+from kernel.runtime.discovery import open_storage, redact_url
+from kernel.storage.sqlite.storage import MEMORY, parse_sqlite_url
 
 __all__ = ["DEFAULT_PAGE", "StoreSource", "error_summary", "jobs_group"]
 

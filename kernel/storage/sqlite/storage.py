@@ -2,7 +2,7 @@
 
 One SQLite file holds everything a kernel keeps: the key-value state of the
 `kernel.ports.Storage` port and the jobs, schedule slots and schedule state
-of the `kernel.jobs.JobStore` port, so a single process needs no server and
+of the `kernel.jobs.record.JobStore` port, so a single process needs no server and
 several processes on one machine can share the file.
 
 URLs (the SQLAlchemy spelling)::
@@ -41,7 +41,7 @@ before writing anything. Tables are prefixed ``kernel_`` so the file can be
 an application's own database.
 
 Times are stored as integer microseconds since the Unix epoch, UTC
-(`kernel.jobs.to_epoch_micros`); JSON as text, checked with
+(`kernel.jobs.record.to_epoch_micros`); JSON as text, checked with
 `kernel.ports.copy_json` before anything is written.
 """
 
@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 import attrs
 import trio
 
-from kernel.discovery import redact_url, url_options
 from kernel.errors import (
     InvalidAdapterURL,
     JobConflict,
@@ -70,7 +69,7 @@ from kernel.errors import (
     StorageClosed,
     StorageError,
 )
-from kernel.jobs import (
+from kernel.jobs.record import (
     MAX_CLAIM_LIMIT,
     MAX_LIST_LIMIT,
     JobRecord,
@@ -105,6 +104,7 @@ from kernel.ports import (
     validate_namespace,
     validate_prefix,
 )
+from kernel.runtime.discovery import redact_url, url_options
 
 __all__ = [
     "MEMORY",
@@ -622,7 +622,7 @@ class _Pending:
 
 @attrs.define(eq=False)
 class SQLiteStorage:
-    """`kernel.ports.Storage` and `kernel.jobs.JobStore` on one SQLite file.
+    """`kernel.ports.Storage` and `kernel.jobs.record.JobStore` on one SQLite file.
 
     Open with ``await SQLiteStorage.open(path)`` (or `open_sqlite_storage`
     for a URL); usable as ``async with``. See the module docstring for
@@ -786,7 +786,7 @@ class SQLiteStorage:
             _rowcount("DELETE FROM kernel_kv WHERE namespace = ?", (namespace,))
         )
 
-    # -- jobs (kernel.jobs.JobStore) -----------------------------------------
+    # -- jobs (kernel.jobs.record.JobStore) -----------------------------------------
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = _job_row(check_enqueue(job))
@@ -819,8 +819,8 @@ class SQLiteStorage:
         lease_us = validate_lease(lease) // timedelta(microseconds=1)
         validate_limit(limit, maximum=MAX_CLAIM_LIMIT)
         aging = validate_aging(aging)
-        # kernel.jobs.claim_order in SQL; with aging, the effective priority of
-        # kernel.jobs.effective_priority. One statement, so atomic; PostgreSQL
+        # kernel.jobs.record.claim_order in SQL; with aging, the effective priority of
+        # kernel.jobs.record.effective_priority. One statement, so atomic; PostgreSQL
         # adds FOR UPDATE SKIP LOCKED to the subquery.
         if aging is None:
             order = "priority DESC"
@@ -1024,7 +1024,7 @@ class SQLiteStorage:
         ((earliest,),) = await self._call(_rows(sql, params))
         return None if earliest is None else from_epoch_micros(earliest)
 
-    # -- schedules (kernel.jobs.JobStore) ------------------------------------
+    # -- schedules (kernel.jobs.record.JobStore) ------------------------------------
 
     async def claim_slot(self, schedule: str, fire_time: datetime) -> bool:
         validate_name("schedule", schedule)

@@ -1,0 +1,1 @@
+"""The built-in bus adapter (`kernel.bus.local`) and topic matching."""

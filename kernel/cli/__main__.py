@@ -1,0 +1,5 @@
+"""``python -m kernel.cli``: the ``kernel`` command."""
+
+from kernel.cli import main
+
+main()

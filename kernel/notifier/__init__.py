@@ -1,0 +1,1 @@
+"""The built-in notifier adapter (`kernel.notifier.log`)."""

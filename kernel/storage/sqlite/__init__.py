@@ -1,0 +1,1 @@
+from kernel.storage.sqlite.storage import *  # noqa: F403
