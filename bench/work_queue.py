@@ -59,8 +59,8 @@ import trio
 import trio.lowlevel
 
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import MemoryJobStore
-from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.storage.memory import MemoryJobStore
+from kernel.storage.sqlite import SQLiteStorage
 from kernel.time.scheduler import open_scheduler
 from kernel.time.triggers import Every
 

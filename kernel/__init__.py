@@ -1,12 +1,16 @@
 """trio-kernel: an embeddable scheduler microkernel for Python on trio.
 
-The public surface is what this module exports; adapters and contrib
-packages use only these names (plus `kernel.ports` and `kernel.testing`).
+What an application or a plugin needs is exported here. Adapter and contrib
+authors also use `kernel.ports` (the protocols), `kernel.storage.base` (what
+every store shares) and `kernel.testing` (the contract suites); errors are
+in `kernel.errors`. The code behind these names is grouped by concept under
+``kernel/`` (``docs/ARCHITECTURE.md``) and may move; these paths do not.
 """
 
 from __future__ import annotations
 
 from kernel._exports import fixup_module_metadata
+from kernel.config.files import KernelConfig, load_config, parse_config
 from kernel.errors import (
     CircuitOpen,
     ConfigError,
@@ -17,12 +21,13 @@ from kernel.errors import (
     PluginStateError,
 )
 from kernel.jobs.queue import JobQueue, RateLimit
-from kernel.observe.health import HealthMonitor, HealthReport, Status
+from kernel.observe.health import HealthMonitor, HealthReport, HealthTransition, Status
 from kernel.observe.metrics import Metrics
-from kernel.ports import Bus, Level, Message, Notifier, Storage
+from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage
 from kernel.resilience.breaker import BreakerState, CircuitBreaker
 from kernel.resilience.retry import Jitter, RetryPolicy
-from kernel.runtime.embedding import KernelThread, embed_in_asyncio
+from kernel.runtime.discovery import open_bus, open_notifier, open_storage
+from kernel.runtime.embedding import AsyncioHandle, KernelThread, embed_in_asyncio
 from kernel.runtime.kernel import ExitCode, Kernel, PluginSpec
 from kernel.runtime.plugins import (
     Manifest,
@@ -59,6 +64,7 @@ __all__ = [
     "AllOf",
     "AllowOverlap",
     "AnyOf",
+    "AsyncioHandle",
     "At",
     "BreakerState",
     "Bus",
@@ -75,9 +81,13 @@ __all__ = [
     "ExitCode",
     "HealthMonitor",
     "HealthReport",
+    "HealthTransition",
     "Jitter",
     "JobQueue",
+    "JobRecord",
+    "JobState",
     "Kernel",
+    "KernelConfig",
     "KernelError",
     "KernelThread",
     "Level",
@@ -112,7 +122,12 @@ __all__ = [
     "TimerWheel",
     "Trigger",
     "embed_in_asyncio",
+    "load_config",
+    "open_bus",
+    "open_notifier",
     "open_scheduler",
+    "open_storage",
+    "parse_config",
 ]
 
 __version__ = "0.1.0.dev0"

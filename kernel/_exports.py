@@ -21,8 +21,13 @@ __all__ = ["PUBLIC_MODULES", "fixup_module_metadata"]
 PUBLIC_MODULES = frozenset(
     {
         "kernel",
+        "kernel.bus.local",
         "kernel.errors",
+        "kernel.notifier.log",
         "kernel.ports",
+        "kernel.storage.base",
+        "kernel.storage.memory",
+        "kernel.storage.sqlite",
         "kernel.testing",
     }
 )

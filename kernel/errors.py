@@ -1,13 +1,91 @@
-"""The error types trio-kernel raises.
+"""The error types trio-kernel raises, all in one place (httpx's
+``_exceptions.py`` shows its hierarchy the same way).
 
 Every error a user can cause is a `KernelError` that carries the offending
 input and says where it came from, so a message can name what is wrong
-without a traceback.
+without a traceback. A builtin in brackets is a further base, so code that
+catches ``ValueError`` or ``LookupError`` keeps working::
+
+    KernelError
+    ├── CronSyntaxError (ValueError)
+    ├── MetricError (ValueError)
+    ├── HealthCheckError (ValueError)
+    ├── NotJSONSerializable (TypeError, ValueError)
+    ├── StorageError
+    │   ├── InvalidStorageKey (ValueError)
+    │   ├── StorageClosed
+    │   ├── JobConflict
+    │   ├── SchemaVersionError
+    │   └── SchemaOutdated
+    ├── BusError
+    │   ├── InvalidTopic (ValueError)
+    │   └── BusClosed
+    ├── NotifierError
+    │   ├── InvalidNotification (ValueError)
+    │   └── NotifierClosed
+    ├── InvalidAdapterURL (ValueError)
+    ├── AdapterNotFound (LookupError)
+    ├── AdapterLoadError
+    ├── EntryPointConflict
+    ├── PluginNotFound (LookupError)
+    ├── PluginLoadError
+    ├── PermissionDenied
+    ├── PluginDependencyError
+    ├── PluginStateError
+    ├── ConfigError (ValueError)
+    ├── InvalidRetryPolicy (ValueError)
+    ├── InvalidCircuitBreaker (ValueError)
+    ├── CircuitOpen
+    ├── InvalidJob (ValueError)
+    ├── UnknownTask (LookupError)
+    ├── DuplicateTask (ValueError)
+    ├── JobTimedOut
+    ├── KernelNotRunning (RuntimeError)
+    ├── StatusUnavailable
+    └── PayloadError (TypeError)
 """
 
 from __future__ import annotations
 
-__all__ = ["CronSyntaxError", "HealthCheckError", "KernelError", "MetricError"]
+__all__ = [
+    "AdapterLoadError",
+    "AdapterNotFound",
+    "BusClosed",
+    "BusError",
+    "CircuitOpen",
+    "ConfigError",
+    "CronSyntaxError",
+    "DuplicateTask",
+    "EntryPointConflict",
+    "HealthCheckError",
+    "InvalidAdapterURL",
+    "InvalidCircuitBreaker",
+    "InvalidJob",
+    "InvalidNotification",
+    "InvalidRetryPolicy",
+    "InvalidStorageKey",
+    "InvalidTopic",
+    "JobConflict",
+    "JobTimedOut",
+    "KernelError",
+    "KernelNotRunning",
+    "MetricError",
+    "NotJSONSerializable",
+    "NotifierClosed",
+    "NotifierError",
+    "PayloadError",
+    "PermissionDenied",
+    "PluginDependencyError",
+    "PluginLoadError",
+    "PluginNotFound",
+    "PluginStateError",
+    "SchemaOutdated",
+    "SchemaVersionError",
+    "StatusUnavailable",
+    "StorageClosed",
+    "StorageError",
+    "UnknownTask",
+]
 
 
 class KernelError(Exception):
@@ -276,26 +354,6 @@ class PluginLoadError(KernelError):
         return f"plugin {self.reference!r} failed to load: {self.reason}"
 
 
-__all__ += [
-    "AdapterLoadError",
-    "AdapterNotFound",
-    "BusClosed",
-    "BusError",
-    "EntryPointConflict",
-    "InvalidAdapterURL",
-    "InvalidNotification",
-    "InvalidStorageKey",
-    "InvalidTopic",
-    "NotJSONSerializable",
-    "NotifierClosed",
-    "NotifierError",
-    "PluginLoadError",
-    "PluginNotFound",
-    "StorageClosed",
-    "StorageError",
-]
-
-
 class PermissionDenied(KernelError):
     """A plugin used a capability its manifest did not ask for."""
 
@@ -322,9 +380,6 @@ class PluginDependencyError(KernelError):
 
 class PluginStateError(KernelError):
     """An operation on a plugin that its state does not allow (or an unknown name)."""
-
-
-__all__ += ["PermissionDenied", "PluginDependencyError", "PluginStateError"]
 
 
 # --- configuration (kernel.config) ------------------------------------------
@@ -372,9 +427,6 @@ class ConfigError(KernelError, ValueError):
         more = len(self.problems) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
         return f"config error in {self.source}{where}: {self.reason}{tail}"
-
-
-__all__ += ["ConfigError"]
 
 
 # --- retries and circuit breakers (kernel.resilience.retry, kernel.resilience.breaker) ------------
@@ -435,9 +487,6 @@ class CircuitOpen(KernelError):
             f"circuit breaker {self.name!r} is {self.state} and its probe calls are all"
             f" taken: try again when they have finished"
         )
-
-
-__all__ += ["CircuitOpen", "InvalidCircuitBreaker", "InvalidRetryPolicy"]
 
 
 # --- jobs and the SQLite storage (kernel.jobs.record, kernel.storage.sqlite.storage) --------
@@ -524,9 +573,6 @@ class SchemaOutdated(StorageError):
         )
 
 
-__all__ += ["InvalidJob", "JobConflict", "SchemaOutdated", "SchemaVersionError"]
-
-
 # --- the work queue (kernel.jobs.queue) -------------------------------------------
 
 
@@ -572,4 +618,20 @@ class JobTimedOut(KernelError):
         return f"job {self.job_id} ({self.task}) timed out after {self.timeout:g}s"
 
 
-__all__ += ["DuplicateTask", "JobTimedOut", "UnknownTask"]
+# --- the runtime (kernel.runtime) --------------------------------------------
+
+
+class KernelNotRunning(KernelError, RuntimeError):
+    """A host handle was used while its kernel was not running: before
+    `KernelThread.start`, after a stop, or after the kernel ended on an error
+    (which is then the ``__cause__``)."""
+
+
+class StatusUnavailable(KernelError):
+    """No kernel answers at the status socket path."""
+
+
+class PayloadError(KernelError, TypeError):
+    """A stored argument does not fit the task's annotated parameter (the
+    task changed since the job was enqueued, or the job was written by
+    hand). Retrying cannot help: the job goes to the dead letters."""

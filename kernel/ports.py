@@ -1,298 +1,90 @@
-"""The ports: what the kernel asks of a storage, a bus and a notifier.
+"""The ports: what the kernel asks of a storage, a bus, a notifier and a job store.
 
 A port is a `typing.Protocol`; an adapter is any object with those methods
-(no base class to inherit). The kernel ships one adapter per port so it runs
-with nothing installed (`kernel.storage.memory`, `kernel.bus.local`,
-`kernel.notifier.log`); SQLite, PostgreSQL, Redis, NATS, e-mail... ship as
-extension packages found by `kernel.runtime.discovery`. The shape follows
-APScheduler 4's ``abc.py`` (data stores and event brokers behind one
-interface each) and httpcore's transports (the core never knows which backend
-it talks to).
+(no base class to inherit). Every port is in this one module, the way
+APScheduler 4 keeps its interfaces in ``abc.py``; the core never knows
+which backend it talks to (httpcore's transports). The kernel ships one
+adapter per port so it runs with nothing installed (`kernel.storage.memory`,
+`kernel.bus.local`, `kernel.notifier.log`; SQLite in `kernel.storage.sqlite`);
+PostgreSQL, Redis, Apprise... ship as extension packages found by URL
+scheme through entry points (``docs/ports.md``).
 
-This module also holds the rules every adapter applies at its boundary, so
-that bad input fails the same way, with the same error, on every backend and
-before anything is stored or sent:
+The ports, and the values they speak:
 
-- `copy_json`: a value is plain JSON (no NaN, no sets, no bytes, str keys
-  only, no cycles) and what is stored is a copy;
-- `validate_namespace`, `validate_key`, `validate_prefix`: storage names;
-- `validate_topic`, `validate_pattern`, `topic_matches`: bus topics, with
-  AMQP-style ``*`` and ``#`` wildcards;
-- `validate_notification`: a notification's title, message and level.
+- `Storage`: JSON values (`JSON`, checked by `copy_json`) under keys in
+  namespaces;
+- `Bus` and `Subscription`: `Message` s on dot-separated topics, with
+  AMQP-style ``*`` and ``#`` patterns (`validate_topic`, `topic_matches`);
+- `Notifier`: a title, a message and a `Level` (`validate_notification`);
+- `JobStore`: `JobRecord` s under leases, and once-only schedule slots;
+  `EnqueueListener`, the optional wake-up of idle workers across processes;
+- `Trigger`: when a schedule fires next.
 
-An adapter is done when the contract suite in `kernel.testing` passes on the
-real system; ``docs/ports.md`` shows how to write and test one.
+Adapter authors also need `kernel.storage.base` (the checks every store
+applies at its boundary, the claim order) and `kernel.testing` (the
+contract suites: an adapter is done when its suite passes on the real
+system), and the URL helpers here (`url_options`, `redact_url`).
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import math
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeAlias, runtime_checkable
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 import attrs
+import trio
 
-from kernel.errors import (
-    AdapterLoadError,
-    AdapterNotFound,
-    BusClosed,
-    BusError,
-    EntryPointConflict,
-    InvalidAdapterURL,
-    InvalidNotification,
-    InvalidStorageKey,
-    InvalidTopic,
-    NotifierClosed,
-    NotifierError,
-    NotJSONSerializable,
-    StorageClosed,
-    StorageError,
+from kernel._exports import fixup_module_metadata
+from kernel.bus.topics import (
+    MAX_TOPIC_LENGTH,
+    segments_match,
+    topic_matches,
+    validate_pattern,
+    validate_topic,
 )
+from kernel.errors import InvalidNotification
+from kernel.jobs.record import JobRecord, JobState
+from kernel.serialization import JSON, MAX_JSON_DEPTH, JSONLike, copy_json
+from kernel.time.triggers import Trigger
+from kernel.urls import redact_url, url_options, url_scheme
 
 __all__ = [
     "JSON",
     "MAX_JSON_DEPTH",
-    "MAX_KEY_BYTES",
-    "MAX_NAMESPACE_BYTES",
     "MAX_TITLE_LENGTH",
     "MAX_TOPIC_LENGTH",
-    "AdapterLoadError",
-    "AdapterNotFound",
     "Bus",
-    "BusClosed",
-    "BusError",
-    "EntryPointConflict",
-    "InvalidAdapterURL",
-    "InvalidNotification",
-    "InvalidStorageKey",
-    "InvalidTopic",
+    "EnqueueListener",
     "JSONLike",
+    "JobRecord",
+    "JobState",
+    "JobStore",
     "Level",
     "Message",
-    "NotJSONSerializable",
     "Notification",
     "Notifier",
-    "NotifierClosed",
-    "NotifierError",
     "Storage",
-    "StorageClosed",
-    "StorageError",
     "Subscription",
+    "Trigger",
     "copy_json",
+    "redact_url",
     "segments_match",
     "topic_matches",
-    "validate_key",
-    "validate_keys",
-    "validate_namespace",
+    "url_options",
+    "url_scheme",
     "validate_notification",
     "validate_pattern",
-    "validate_prefix",
     "validate_topic",
 ]
 
 # ---------------------------------------------------------------------------
-# JSON values
-# ---------------------------------------------------------------------------
-
-JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
-"""A plain JSON value, as `json.loads` returns it: what every port hands back."""
-
-JSONLike: TypeAlias = (
-    bool | int | float | str | Sequence["JSONLike"] | Mapping[str, "JSONLike"] | None
-)
-"""What a port accepts: JSON typed covariantly, so that a ``dict[str, int]``
-type-checks where a value is expected (``dict[str, JSON]`` is invariant and
-would not). At run time `copy_json` decides: dicts, lists and tuples (read
-back as lists) pass; other mappings and sequences do not."""
-
-MAX_JSON_DEPTH = 256
-"""Containers nested deeper than this are refused: such a value is a bug (or
-an attack) long before it is data, and refusing it keeps every adapter's
-encoder and decoder far from the recursion limit."""
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-class _NotJSON(Exception):
-    """Raised inside `_copy`; each frame it crosses adds its index, so the
-    path is only built when a value is refused (zero cost otherwise)."""
-
-    def __init__(self, value: object, reason: str) -> None:
-        self.value = value
-        self.reason = reason
-        self.parts: list[str] = []
-
-
-_HINTS: dict[str, str] = {
-    "set": "use a list",
-    "frozenset": "use a list",
-    "bytes": "decode it, or encode it as base64 text",
-    "bytearray": "decode it, or encode it as base64 text",
-    "datetime": "use an ISO 8601 string",
-    "date": "use an ISO 8601 string",
-    "Decimal": "use a str, or a float if precision allows",
-}
-
-
-def _refuse_type(value: object) -> _NotJSON:
-    name = type(value).__name__
-    hint = _HINTS.get(name)
-    return _NotJSON(value, f"{name} is not JSON" + (f" ({hint})" if hint else ""))
-
-
-def _copy_str(value: str) -> str:
-    if not value.isascii() and _SURROGATE.search(value):
-        raise _NotJSON(value, "str with a lone surrogate is not JSON (it has no UTF-8 encoding)")
-    return value if type(value) is str else str.__str__(value)
-
-
-def _copy(value: object, depth: int, active: set[int]) -> JSON:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _copy_str(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if type(value) is int else int(value)  # IntEnum -> int
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _NotJSON(value, f"float {value!r} is not JSON (JSON has no NaN or Infinity)")
-        return value if type(value) is float else float(value)
-    if isinstance(value, dict | list | tuple):
-        if depth >= MAX_JSON_DEPTH:
-            raise _NotJSON(value, f"nested deeper than {MAX_JSON_DEPTH} levels")
-        if id(value) in active:
-            raise _NotJSON(value, "circular reference")
-        active.add(id(value))
-        try:
-            if isinstance(value, dict):
-                return _copy_dict(value, depth, active)
-            copied: list[JSON] = []
-            for index, item in enumerate(value):
-                try:
-                    copied.append(_copy(item, depth + 1, active))
-                except _NotJSON as error:
-                    error.parts.append(f"[{index}]")
-                    raise
-            return copied
-        finally:
-            active.discard(id(value))
-    raise _refuse_type(value)
-
-
-def _copy_dict(value: dict[object, object], depth: int, active: set[int]) -> dict[str, JSON]:
-    copied: dict[str, JSON] = {}
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise _NotJSON(
-                value, f"key {key!r} is {type(key).__name__}, not str (JSON object keys are text)"
-            )
-        if not key.isascii() and _SURROGATE.search(key):
-            raise _NotJSON(value, f"key {key!r} has a lone surrogate (it has no UTF-8 encoding)")
-        try:
-            copied[key if type(key) is str else str.__str__(key)] = _copy(item, depth + 1, active)
-        except _NotJSON as error:
-            error.parts.append(f"[{key!r}]")
-            raise
-    return copied
-
-
-def copy_json(value: object, *, path: str = "value") -> JSON:
-    """Return a plain-JSON deep copy of ``value``, or raise `NotJSONSerializable`.
-
-    Accepts None, bool, int, finite float, str, and dicts with str keys, lists
-    and tuples of those (subclasses such as `enum.IntEnum` or
-    `collections.OrderedDict` are converted to the plain type; tuples become
-    lists, as they would through any JSON codec). Refuses NaN and infinities
-    (not JSON, and NaN breaks "you get back what you stored"), non-str keys
-    (`json.dumps` would silently turn ``1`` into ``"1"``), strings with lone
-    surrogates (no UTF-8 encoding, so no backend can store them), cycles and
-    nesting deeper than `MAX_JSON_DEPTH`. The error names the offending part
-    from ``path``: ``value['a'][2]: set is not JSON (use a list)``.
-
-    Because the result shares nothing with ``value``, later changes to the
-    caller's object cannot reach what was stored or published.
-    """
-    try:
-        return _copy(value, 0, set())
-    except _NotJSON as error:
-        where = path + "".join(reversed(error.parts))
-        raise NotJSONSerializable(where, error.value, error.reason) from None
-
-
-# ---------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------
-
-MAX_NAMESPACE_BYTES = 255
-"""Longest namespace, in UTF-8 bytes (bytes, not characters, because that is
-what backends index)."""
-
-MAX_KEY_BYTES = 1024
-"""Longest key or key prefix, in UTF-8 bytes: well under PostgreSQL's B-tree
-entry limit (about 2,700 bytes) and Redis's practical key sizes."""
-
-_CONTROL_OR_SURROGATE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _validate_name(kind: str, value: object, *, limit: int, allow_empty: bool) -> str:
-    if not isinstance(value, str):
-        raise InvalidStorageKey(kind, value, f"must be a str, not {type(value).__name__}")
-    if not value and not allow_empty:
-        raise InvalidStorageKey(kind, value, "must not be empty")
-    bad = _CONTROL_OR_SURROGATE.search(value)
-    if bad is not None:
-        char = bad.group()
-        what = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
-        raise InvalidStorageKey(
-            kind, value, f"contains {what} (U+{ord(char):04X}) at index {bad.start()}"
-        )
-    size = len(value) if value.isascii() else len(value.encode("utf-8"))
-    if size > limit:
-        raise InvalidStorageKey(kind, value, f"is {size} bytes in UTF-8, more than {limit}")
-    return value
-
-
-def validate_namespace(namespace: object) -> str:
-    """Return ``namespace`` if it is a non-empty str of printable text of at
-    most `MAX_NAMESPACE_BYTES`, else raise `InvalidStorageKey`.
-
-    Control characters are refused (NUL cannot be stored in PostgreSQL text,
-    a newline breaks every log line that names the key), and so are lone
-    surrogates (no UTF-8 encoding).
-    """
-    return _validate_name("namespace", namespace, limit=MAX_NAMESPACE_BYTES, allow_empty=False)
-
-
-def validate_key(key: object) -> str:
-    """Return ``key`` if it is a non-empty str of printable text of at most
-    `MAX_KEY_BYTES`, else raise `InvalidStorageKey` (rules as for
-    `validate_namespace`)."""
-    return _validate_name("key", key, limit=MAX_KEY_BYTES, allow_empty=False)
-
-
-def validate_keys(keys: object) -> list[str]:
-    """Return ``keys`` (any iterable of keys, such as a list or a generator) as
-    a list, each checked by `validate_key`, else raise `InvalidStorageKey`.
-
-    A lone str is refused rather than read as its characters.
-    """
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
-        raise InvalidStorageKey(
-            "keys", keys, f"must be an iterable of keys, not {type(keys).__name__}"
-        )
-    return [validate_key(key) for key in keys]
-
-
-def validate_prefix(prefix: object) -> str:
-    """Return ``prefix`` if it is a str that could start a valid key (the empty
-    string selects every key), else raise `InvalidStorageKey`."""
-    return _validate_name("prefix", prefix, limit=MAX_KEY_BYTES, allow_empty=True)
 
 
 @runtime_checkable
@@ -360,105 +152,6 @@ class Storage(Protocol):
 # ---------------------------------------------------------------------------
 # Bus
 # ---------------------------------------------------------------------------
-
-MAX_TOPIC_LENGTH = 255
-"""Longest topic or pattern, in characters (all ASCII)."""
-
-_SEGMENT = re.compile(r"[A-Za-z0-9_:-]+")
-
-
-def _split(kind: str, value: object) -> tuple[str, list[str]]:
-    if not isinstance(value, str):
-        raise InvalidTopic(kind, value, f"must be a str, not {type(value).__name__}")
-    if not value:
-        raise InvalidTopic(kind, value, "must not be empty")
-    if len(value) > MAX_TOPIC_LENGTH:
-        raise InvalidTopic(kind, value, f"is {len(value)} characters, more than {MAX_TOPIC_LENGTH}")
-    return value, value.split(".")
-
-
-def _check_segment(kind: str, value: str, index: int, segment: str) -> None:
-    if not segment:
-        raise InvalidTopic(kind, value, f"segment {index} is empty (no leading, trailing or '..')")
-    if _SEGMENT.fullmatch(segment) is None:
-        raise InvalidTopic(
-            kind,
-            value,
-            f"segment {index} {segment!r} may only hold letters, digits, '_', '-' and ':'",
-        )
-
-
-def validate_topic(topic: object) -> str:
-    """Return ``topic`` if it is a valid topic to publish on, else raise `InvalidTopic`.
-
-    A topic is one or more dot-separated segments of ASCII letters, digits,
-    ``_``, ``-`` and ``:`` (``user.activity``, ``data.changed``), at most
-    `MAX_TOPIC_LENGTH` characters: a charset every broker (NATS subjects,
-    Redis channels, AMQP routing keys) carries unchanged. Case matters.
-    """
-    text, segments = _split("topic", topic)
-    for index, segment in enumerate(segments):
-        if segment in ("*", "#"):
-            raise InvalidTopic(
-                "topic", text, f"segment {index} is the wildcard {segment!r}; publish on a topic"
-            )
-        _check_segment("topic", text, index, segment)
-    return text
-
-
-def validate_pattern(pattern: object) -> str:
-    """Return ``pattern`` if it is a valid subscription pattern, else raise `InvalidTopic`.
-
-    A pattern is a topic in which a whole segment may be ``*`` (exactly one
-    segment) and the last segment may be ``#`` (zero or more segments), as in
-    AMQP topic exchanges: ``user.*`` matches ``user.activity`` but not
-    ``user.a.b``; ``data.#`` matches ``data``, ``data.changed`` and
-    ``data.a.b``; ``#`` alone matches every topic. ``#`` is refused
-    elsewhere so that every pattern maps onto NATS (``>``) and Redis globs.
-    """
-    text, segments = _split("pattern", pattern)
-    last = len(segments) - 1
-    for index, segment in enumerate(segments):
-        if segment == "*":
-            continue
-        if segment == "#":
-            if index != last:
-                raise InvalidTopic("pattern", text, "'#' is only allowed as the last segment")
-            continue
-        if "*" in segment or "#" in segment:
-            raise InvalidTopic(
-                "pattern",
-                text,
-                f"segment {index} {segment!r}: a wildcard must be a whole segment",
-            )
-        _check_segment("pattern", text, index, segment)
-    return text
-
-
-def segments_match(pattern: Sequence[str], topic: Sequence[str]) -> bool:
-    """Whether the split ``pattern`` matches the split ``topic`` (both valid).
-
-    Linear in the number of segments; ``#`` can only be last, so there is no
-    backtracking.
-    """
-    if pattern and pattern[-1] == "#":
-        head = pattern[:-1]
-        if len(topic) < len(head):
-            return False
-    else:
-        head = pattern
-        if len(topic) != len(head):
-            return False
-    return all(want in ("*", have) for want, have in zip(head, topic, strict=False))
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` is delivered to a subscription on ``pattern``.
-
-    Validates both (`InvalidTopic`); adapters whose broker has no wildcards
-    of this shape filter with it.
-    """
-    return segments_match(validate_pattern(pattern).split("."), validate_topic(topic).split("."))
 
 
 @attrs.frozen
@@ -545,6 +238,9 @@ class Bus(Protocol):
 # ---------------------------------------------------------------------------
 # Notifier
 # ---------------------------------------------------------------------------
+
+_CONTROL_OR_SURROGATE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 MAX_TITLE_LENGTH = 200
 """Longest notification title, in characters: a title is one line (an e-mail
@@ -645,3 +341,192 @@ class Notifier(Protocol):
     async def aclose(self) -> None:
         """Release the backend; idempotent."""
         ...
+
+
+# ---------------------------------------------------------------------------
+# Job store
+# ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Durable jobs with leases, and once-only schedule slots.
+
+    The rules every store keeps (`kernel.testing.jobstore_contract` tests
+    each one; ``docs/storage.md`` explains them):
+
+    - arguments are checked (`utc_datetime`, `validate_job_id`,
+      `validate_lease`...) before the backend is touched, so bad input raises
+      `InvalidJob` (a `ValueError`) and changes nothing; an unknown job id is
+      not an error: the call returns False or None;
+    - each call is atomic, also between processes sharing the backend: no
+      two `claim` calls ever return the same job while it runs;
+    - a worker *holds* a job while the job is running with ``worker`` equal
+      to it; `complete`, `retry_later`, `release`, `bury` and `heartbeat`
+      act only on jobs the worker holds (False otherwise), so a worker whose
+      lease ran out, or whose job was cancelled, cannot overwrite the outcome;
+    - ``now`` is always passed in (stores read no clock, except that the
+      optional ``now`` of `complete`, `bury`, `cancel` and `retry_dead`
+      defaults to the wall clock), so the kernel's clock and tests decide time;
+    - records handed out are fresh copies; after `aclose` (idempotent) every
+      call raises `StorageClosed`; a backend failure is a `StorageError`.
+    """
+
+    async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Store ``job`` (state queued); returns it and True.
+
+        A job of a schedule slot (``schedule`` and ``fire_time`` both set)
+        claims that slot (as `claim_slot`) in the same transaction: if the
+        slot was already claimed, by any process, nothing is stored and
+        ``(job, False)`` is returned, so a slot enqueues once cluster-wide and
+        a crash cannot claim a slot without its job. Then, if
+        ``job.dedup_key`` is held by a queued or running job, nothing is
+        stored (the slot stays claimed) and that job and False are returned.
+        A stored id is `JobConflict`.
+        """
+        ...
+
+    async def claim(
+        self,
+        queue: str,
+        *,
+        worker: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int = 1,
+        aging: timedelta | None = None,
+    ) -> list[JobRecord]:
+        """Take up to ``limit`` due queued jobs of ``queue`` in `claim_order`,
+        marking them running for ``worker`` until ``now + lease``, each with
+        one more attempt; returns them in that order."""
+        ...
+
+    async def heartbeat(
+        self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
+    ) -> set[str]:
+        """Move the lease of each of ``job_ids`` that ``worker`` holds to
+        ``lease_until``; returns the ids it holds (a job missing from the
+        answer was reaped or cancelled: stop working on it)."""
+        ...
+
+    async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
+        """running -> succeeded (``finished_at = now``); False if ``worker``
+        does not hold the job."""
+        ...
+
+    async def retry_later(self, job_id: str, *, worker: str, error: str, run_at: datetime) -> bool:
+        """running -> queued until ``run_at``, the attempt spent and ``error``
+        kept in ``last_error``; False if ``worker`` does not hold the job."""
+        ...
+
+    async def release(self, job_id: str, *, worker: str, run_at: datetime) -> bool:
+        """running -> queued at ``run_at`` *without* spending the attempt
+        (shutdown, cancellation of the worker); False if ``worker`` does not
+        hold the job."""
+        ...
+
+    async def bury(
+        self, job_id: str, *, worker: str, error: str, now: datetime | None = None
+    ) -> bool:
+        """running -> dead (the dead letter), ``error`` (reason and traceback)
+        in ``last_error``; False if ``worker`` does not hold the job."""
+        ...
+
+    async def cancel(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
+        """queued or running -> cancelled; the cancelled record, or None if
+        there is no such job or it had already finished. A running job's
+        worker learns it from its next heartbeat, and its outcome is refused."""
+        ...
+
+    async def reap_expired(self, now: datetime) -> list[str]:
+        """Put running jobs whose lease ended at or before ``now`` back in the
+        queue (the attempt counts as spent; ``last_error`` says so); their ids."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""
+        ...
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> list[JobRecord]:
+        """Up to ``limit`` jobs (filtered by ``state`` and ``queue``) in id
+        order, starting after ``after_id``: pass the last id of a page to get
+        the next (keyset paging, stable under concurrent writes)."""
+        ...
+
+    async def retry_dead(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
+        """dead -> queued at ``now`` with ``attempts`` reset to 0; the record,
+        or None if there is no such dead job. `JobConflict` if a live job
+        holds its dedup key."""
+        ...
+
+    async def purge_dead(self, *, older_than: datetime | None = None) -> int:
+        """Delete dead jobs that finished before ``older_than`` (all, if
+        None); how many."""
+        ...
+
+    async def purge(self, *, state: JobState, older_than: datetime | None = None) -> int:
+        """Delete finished jobs (succeeded, dead or cancelled) in ``state``
+        that finished before ``older_than`` (all, if None); how many. The
+        retention of finished jobs."""
+        ...
+
+    async def next_due(self, queue: str | None = None) -> datetime | None:
+        """The earliest ``run_at`` of the queued jobs (of ``queue``), or None:
+        the one timer the queue puts in the wheel."""
+        ...
+
+    async def claim_slot(self, schedule: str, fire_time: datetime) -> bool:
+        """True only for the first call with this (``schedule``,
+        ``fire_time``), across every process sharing the store."""
+        ...
+
+    async def prune_slots(self, *, older_than: datetime) -> int:
+        """Forget claimed slots whose fire time is before ``older_than`` (keep
+        more than the longest misfire grace); how many."""
+        ...
+
+    async def get_schedule_state(self, schedule: str) -> dict[str, JSON] | None:
+        """The JSON object last stored for ``schedule``, or None."""
+        ...
+
+    async def put_schedule_state(self, schedule: str, state: Mapping[str, JSONLike]) -> None:
+        """Store ``state`` (last fire, next fire...) for ``schedule``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend; idempotent."""
+        ...
+
+
+@runtime_checkable
+class EnqueueListener(Protocol):
+    """What a store shared by several processes offers so that idle workers
+    wake when another process makes a job claimable (PostgreSQL's
+    LISTEN/NOTIFY), instead of polling. Optional: a store without it is
+    worked from the queue's own timers, which see only this process's jobs.
+    """
+
+    async def listen_enqueued(
+        self,
+        wake: Callable[[str], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Until cancelled, call ``wake(queue)`` on the trio thread whenever
+        any process enqueues into ``queue`` or changes when a job of it is
+        due (`JobStore.enqueue`, `retry_later`, `release`, `retry_dead`,
+        `reap_expired`); ``task_status.started()`` once listening. A store
+        reconnects by itself where it can (waking every queue afterwards,
+        since notices may have been missed); a `StorageError` it raises makes
+        the queue call it again after a backoff."""
+        ...
+
+
+fixup_module_metadata(__name__, globals())

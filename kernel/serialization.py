@@ -1,4 +1,9 @@
-"""The one cattrs converter, and job arguments through it.
+"""JSON values, the one cattrs converter, and job arguments through it.
+
+Everything a port stores or sends is plain JSON (`JSON`), checked and
+copied by `copy_json` at the boundary: no NaN, no sets, no bytes, str keys
+only, no cycles, nothing deeper than `MAX_JSON_DEPTH`; never pickle, since a
+shared store must not execute what it reads.
 
 Configuration tables and job payloads go through the same converter, so a
 type that a config file can spell (a duration, a date-time, an enum, an
@@ -21,16 +26,163 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import math
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import cattrs
 
-from kernel.ports import JSON, copy_json
+from kernel.errors import NotJSONSerializable, PayloadError
 
-__all__ = ["PayloadError", "converter", "dump_arguments", "load_arguments"]
+__all__ = [
+    "JSON",
+    "MAX_JSON_DEPTH",
+    "JSONLike",
+    "PayloadError",
+    "converter",
+    "copy_json",
+    "dump_arguments",
+    "load_arguments",
+]
+
+# ---------------------------------------------------------------------------
+# JSON values
+# ---------------------------------------------------------------------------
+
+JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
+"""A plain JSON value, as `json.loads` returns it: what every port hands back."""
+
+JSONLike: TypeAlias = (
+    bool | int | float | str | Sequence["JSONLike"] | Mapping[str, "JSONLike"] | None
+)
+"""What a port accepts: JSON typed covariantly, so that a ``dict[str, int]``
+type-checks where a value is expected (``dict[str, JSON]`` is invariant and
+would not). At run time `copy_json` decides: dicts, lists and tuples (read
+back as lists) pass; other mappings and sequences do not."""
+
+MAX_JSON_DEPTH = 256
+"""Containers nested deeper than this are refused: such a value is a bug (or
+an attack) long before it is data, and refusing it keeps every adapter's
+encoder and decoder far from the recursion limit."""
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class _NotJSON(Exception):
+    """Raised inside `_copy`; each frame it crosses adds its index, so the
+    path is only built when a value is refused (zero cost otherwise)."""
+
+    def __init__(self, value: object, reason: str) -> None:
+        self.value = value
+        self.reason = reason
+        self.parts: list[str] = []
+
+
+_HINTS: dict[str, str] = {
+    "set": "use a list",
+    "frozenset": "use a list",
+    "bytes": "decode it, or encode it as base64 text",
+    "bytearray": "decode it, or encode it as base64 text",
+    "datetime": "use an ISO 8601 string",
+    "date": "use an ISO 8601 string",
+    "Decimal": "use a str, or a float if precision allows",
+}
+
+
+def _refuse_type(value: object) -> _NotJSON:
+    name = type(value).__name__
+    hint = _HINTS.get(name)
+    return _NotJSON(value, f"{name} is not JSON" + (f" ({hint})" if hint else ""))
+
+
+def _copy_str(value: str) -> str:
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _NotJSON(value, "str with a lone surrogate is not JSON (it has no UTF-8 encoding)")
+    return value if type(value) is str else str.__str__(value)
+
+
+def _copy(value: object, depth: int, active: set[int]) -> JSON:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _copy_str(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if type(value) is int else int(value)  # IntEnum -> int
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotJSON(value, f"float {value!r} is not JSON (JSON has no NaN or Infinity)")
+        return value if type(value) is float else float(value)
+    if isinstance(value, dict | list | tuple):
+        if depth >= MAX_JSON_DEPTH:
+            raise _NotJSON(value, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if id(value) in active:
+            raise _NotJSON(value, "circular reference")
+        active.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return _copy_dict(value, depth, active)
+            copied: list[JSON] = []
+            for index, item in enumerate(value):
+                try:
+                    copied.append(_copy(item, depth + 1, active))
+                except _NotJSON as error:
+                    error.parts.append(f"[{index}]")
+                    raise
+            return copied
+        finally:
+            active.discard(id(value))
+    raise _refuse_type(value)
+
+
+def _copy_dict(value: dict[object, object], depth: int, active: set[int]) -> dict[str, JSON]:
+    copied: dict[str, JSON] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _NotJSON(
+                value, f"key {key!r} is {type(key).__name__}, not str (JSON object keys are text)"
+            )
+        if not key.isascii() and _SURROGATE.search(key):
+            raise _NotJSON(value, f"key {key!r} has a lone surrogate (it has no UTF-8 encoding)")
+        try:
+            copied[key if type(key) is str else str.__str__(key)] = _copy(item, depth + 1, active)
+        except _NotJSON as error:
+            error.parts.append(f"[{key!r}]")
+            raise
+    return copied
+
+
+def copy_json(value: object, *, path: str = "value") -> JSON:
+    """Return a plain-JSON deep copy of ``value``, or raise `NotJSONSerializable`.
+
+    Accepts None, bool, int, finite float, str, and dicts with str keys, lists
+    and tuples of those (subclasses such as `enum.IntEnum` or
+    `collections.OrderedDict` are converted to the plain type; tuples become
+    lists, as they would through any JSON codec). Refuses NaN and infinities
+    (not JSON, and NaN breaks "you get back what you stored"), non-str keys
+    (`json.dumps` would silently turn ``1`` into ``"1"``), strings with lone
+    surrogates (no UTF-8 encoding, so no backend can store them), cycles and
+    nesting deeper than `MAX_JSON_DEPTH`. The error names the offending part
+    from ``path``: ``value['a'][2]: set is not JSON (use a list)``.
+
+    Because the result shares nothing with ``value``, later changes to the
+    caller's object cannot reach what was stored or published.
+    """
+    try:
+        return _copy(value, 0, set())
+    except _NotJSON as error:
+        where = path + "".join(reversed(error.parts))
+        raise NotJSONSerializable(where, error.value, error.reason) from None
+
+
+# ---------------------------------------------------------------------------
+# The converter
+# ---------------------------------------------------------------------------
+
 
 converter = cattrs.Converter(forbid_extra_keys=True)
 """Every config table and every job argument goes through this converter."""
@@ -39,12 +191,6 @@ converter.register_unstructure_hook(datetime.datetime, lambda value: value.isofo
 converter.register_unstructure_hook(datetime.date, lambda value: value.isoformat())
 converter.register_unstructure_hook(datetime.time, lambda value: value.isoformat())
 converter.register_unstructure_hook(PurePath, str)
-
-
-class PayloadError(TypeError):
-    """A stored argument does not fit the task's annotated parameter (the
-    task changed since the job was enqueued, or the job was written by
-    hand). Retrying cannot help: the job goes to the dead letters."""
 
 
 def dump_arguments(

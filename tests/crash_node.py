@@ -31,9 +31,10 @@ import trio
 
 from kernel.errors import JobConflict
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import JobRecord, JobState, JobStore
+from kernel.jobs.record import JobRecord, JobState
+from kernel.ports import JobStore
 from kernel.resilience.retry import RetryPolicy
-from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.storage.sqlite import SQLiteStorage
 from kernel.time.scheduler import Schedule, open_scheduler
 from kernel.time.triggers import AllowOverlap, CatchUp, Every, MisfirePolicy, RunOnce, SkipMissed
 

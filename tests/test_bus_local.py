@@ -23,8 +23,7 @@ from kernel.bus.local import (
 )
 from kernel.errors import InvalidAdapterURL, InvalidTopic
 from kernel.ports import JSONLike, Message, topic_matches, validate_pattern
-from kernel.testing import BusContract
-from kernel.testing.bus_contract import BAD_PATTERNS, BAD_TOPICS, PATTERN_CASES
+from kernel.testing.bus_contract import BAD_PATTERNS, BAD_TOPICS, PATTERN_CASES, BusContract
 
 
 class TestLocalBus(BusContract):

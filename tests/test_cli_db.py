@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from kernel.cli import main
-from kernel.storage.sqlite.storage import SCHEMA_VERSION
+from kernel.storage.sqlite import SCHEMA_VERSION
 
 
 def test_upgrade_creates_then_reports_an_up_to_date_sqlite_schema(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from kernel.cli import main
 from kernel.cli.jobs import error_summary
 from kernel.jobs.record import JobRecord, JobState
-from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.storage.sqlite import SQLiteStorage
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 TRACEBACK = (

@@ -18,19 +18,11 @@ from cattrs.errors import StructureHandlerNotFoundError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel.config import (
-    KernelConfig,
-    KernelSettings,
-    PluginEntry,
-    converter,
-    format_duration,
-    key_path,
-    load_config,
-    parse_config,
-    parse_duration,
-    structure_config,
-)
+from kernel.config.durations import format_duration, parse_duration
+from kernel.config.files import KernelConfig, KernelSettings, PluginEntry, load_config, parse_config
+from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError, KernelError
+from kernel.serialization import converter
 
 T = TypeVar("T")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

@@ -40,7 +40,7 @@ from crash_node import (
     seed_label,
 )
 
-from kernel.jobs.record import to_epoch_micros
+from kernel.storage.base import to_epoch_micros
 
 REPO = Path(__file__).resolve().parent.parent
 NODE = Path(__file__).resolve().parent / "crash_node.py"

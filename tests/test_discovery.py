@@ -34,11 +34,9 @@ from kernel.runtime.discovery import (
     open_bus,
     open_notifier,
     open_storage,
-    redact_url,
-    url_options,
-    url_scheme,
 )
 from kernel.storage.memory import MemoryStorage
+from kernel.urls import redact_url, url_options, url_scheme
 
 EntryPoint = importlib.metadata.EntryPoint
 

@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from kernel import ConfigError, Every, ExitCode, Kernel, Manifest, Plugin, PluginContext, PluginSpec
-from kernel.runtime.embedding import KernelNotRunning, KernelThread, embed_in_asyncio
+from kernel.errors import KernelNotRunning
+from kernel.runtime.embedding import KernelThread, embed_in_asyncio
 
 FAILURE_BOUND = 10.0  # seconds; reached only when a test is about to fail
 

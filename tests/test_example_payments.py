@@ -10,7 +10,8 @@ from trio.testing import MockClock
 
 from examples.payments import FakePaymentProvider, Payments, PaymentsConfig
 from kernel import Kernel, PluginSpec
-from kernel.jobs.record import JobState, MemoryJobStore
+from kernel.jobs.record import JobState
+from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

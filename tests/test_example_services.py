@@ -34,7 +34,8 @@ from kernel import (
     PluginState,
     Schedule,
 )
-from kernel.config import load_config, structure_config
+from kernel.config.files import load_config
+from kernel.config.structure import structure_config
 from kernel.ports import Level, Message
 from kernel.runtime.discovery import load_plugin_factory
 from kernel.storage.memory import MemoryStorage

@@ -10,8 +10,7 @@ import pytest
 from kernel.errors import InvalidAdapterURL, InvalidNotification
 from kernel.notifier.log import DEFAULT_LOGGER, LogNotifier, open_log_notifier
 from kernel.ports import Level, Notification
-from kernel.testing import NotifierContract
-from kernel.testing.notifier_contract import Delivered
+from kernel.testing.notifier_contract import Delivered, NotifierContract
 
 
 class TestLogNotifier(NotifierContract):

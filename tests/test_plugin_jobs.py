@@ -9,9 +9,10 @@ import trio
 from trio.testing import MockClock
 
 from kernel import Kernel, Manifest, Plugin, PluginContext, PluginSpec
-from kernel.jobs.record import JobState, MemoryJobStore
+from kernel.jobs.record import JobState
 from kernel.resilience.retry import Jitter, RetryPolicy
 from kernel.runtime.supervisor import PluginState
+from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.triggers import CatchUp, Every, QueueOne
 

@@ -23,11 +23,13 @@ from kernel.errors import (
     UnknownTask,
 )
 from kernel.jobs.queue import JobQueue, RateLimit, RateWindow
-from kernel.jobs.record import JobRecord, JobState, JobStore, MemoryJobStore
+from kernel.jobs.record import JobRecord, JobState
 from kernel.observe.metrics import Metrics
+from kernel.ports import JobStore
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import Jitter, RetryPolicy
-from kernel.storage.sqlite.storage import SQLiteStorage
+from kernel.storage.memory import MemoryJobStore
+from kernel.storage.sqlite import SQLiteStorage
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler, open_scheduler
 

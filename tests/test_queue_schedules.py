@@ -16,9 +16,10 @@ from trio.testing import MockClock
 
 from kernel.errors import InvalidJob, StorageError, UnknownTask
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import JobRecord, JobState, MemoryJobStore
+from kernel.jobs.record import JobRecord, JobState
 from kernel.observe.metrics import Metrics
 from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import open_scheduler
 from kernel.time.triggers import AllowOverlap, CatchUp, Cron, Every, QueueOne, RunOnce, SkipMissed

@@ -14,11 +14,12 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from kernel.config import parse_config
-from kernel.errors import NotJSONSerializable
+from kernel.config.files import parse_config
+from kernel.errors import NotJSONSerializable, PayloadError
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import JobRecord, JobState, MemoryJobStore
-from kernel.serialization import PayloadError, converter, dump_arguments, load_arguments
+from kernel.jobs.record import JobRecord, JobState
+from kernel.serialization import converter, dump_arguments, load_arguments
+from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import open_scheduler
 

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import InvalidAdapterURL, InvalidStorageKey, NotJSONSerializable
-from kernel.ports import JSON, Storage, copy_json, validate_key, validate_namespace
+from kernel.ports import JSON, Storage, copy_json
+from kernel.storage.base import validate_key, validate_namespace
 from kernel.storage.memory import MemoryStorage, open_memory_storage
-from kernel.testing import StorageContract
+from kernel.testing.storage_contract import StorageContract
 
 
 class TestMemoryStorage(StorageContract):

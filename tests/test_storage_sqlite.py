@@ -19,10 +19,10 @@ import pytest
 import trio
 
 from kernel.errors import InvalidAdapterURL, SchemaVersionError, StorageClosed, StorageError
-from kernel.jobs.record import JobRecord, JobState, JobStore
-from kernel.ports import Storage
+from kernel.jobs.record import JobRecord, JobState
+from kernel.ports import JobStore, Storage
 from kernel.runtime.discovery import STORAGE_GROUP, AdapterRegistry
-from kernel.storage.sqlite.storage import (
+from kernel.storage.sqlite import (
     MEMORY,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -31,7 +31,7 @@ from kernel.storage.sqlite.storage import (
     open_sqlite_storage,
     parse_sqlite_url,
 )
-from kernel.testing import StorageContract
+from kernel.testing.storage_contract import StorageContract
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -166,7 +166,7 @@ async def test_a_commit_survives_kill_9(tmp_path: Path) -> None:
         import trio
 
         from kernel.jobs.record import JobRecord
-        from kernel.storage.sqlite.storage import SQLiteStorage
+        from kernel.storage.sqlite import SQLiteStorage
 
         async def main():
             storage = await SQLiteStorage.open({str(path)!r})
@@ -357,7 +357,7 @@ async def test_discovery_can_open_it_as_a_built_in(tmp_path: Path) -> None:
         "storage",
         STORAGE_GROUP,
         Storage,
-        {"sqlite": "kernel.storage.sqlite.storage:open_sqlite_storage"},
+        {"sqlite": "kernel.storage.sqlite:open_sqlite_storage"},
         find_entry_points=lambda group: [],
     )
     storage = await adapters.open(f"sqlite:///{tmp_path}/state.db?synchronous=full")
@@ -372,13 +372,13 @@ async def test_concurrent_completions_commit_together(
     import kernel.storage.sqlite.storage as module
 
     batches: list[int] = []
-    complete_many = module._complete_many
+    complete_many = module.complete_many
 
     def counting(connection: sqlite3.Connection, completions: Any) -> list[bool]:
         batches.append(len(completions))
         return complete_many(connection, completions)
 
-    monkeypatch.setattr(module, "_complete_many", counting)
+    monkeypatch.setattr(module, "complete_many", counting)
     async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
         for n in range(40):
             await store.enqueue(make_job(id=f"job-{n:02}"))

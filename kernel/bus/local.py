@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import attrs
 import trio
 
+from kernel._exports import fixup_module_metadata
 from kernel.errors import BusClosed, InvalidAdapterURL
 from kernel.ports import (
     JSON,
@@ -50,7 +51,7 @@ from kernel.ports import (
     validate_pattern,
     validate_topic,
 )
-from kernel.runtime.discovery import redact_url, url_options
+from kernel.urls import redact_url, url_options
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -305,3 +306,6 @@ if TYPE_CHECKING:
 
     def _keeps_the_port(bus: LocalBus) -> Bus:
         return bus  # mypy proves LocalBus satisfies the Bus protocol
+
+
+fixup_module_metadata(__name__, globals())

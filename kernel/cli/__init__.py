@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 import trio
 
-from kernel.config import KernelConfig, load_config, parse_duration
+from kernel.config.durations import parse_duration
+from kernel.config.files import KernelConfig, load_config
 from kernel.errors import (
     AdapterLoadError,
     AdapterNotFound,
@@ -29,12 +30,14 @@ from kernel.errors import (
     EntryPointConflict,
     InvalidAdapterURL,
     KernelError,
+    StatusUnavailable,
 )
-from kernel.runtime.discovery import load_plugin_factory, open_storage, redact_url, upgrade_storage
+from kernel.runtime.discovery import load_plugin_factory, open_storage, upgrade_storage
 from kernel.runtime.kernel import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
 from kernel.runtime.plugins import Manifest
-from kernel.runtime.status import StatusUnavailable, read_status, serve_status
+from kernel.runtime.status import read_status, serve_status
 from kernel.time.cron import CronExpression
+from kernel.urls import redact_url
 
 __all__ = ["KernelGroup", "main"]
 

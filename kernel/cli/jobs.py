@@ -37,7 +37,8 @@ import attrs
 import click
 import trio
 
-from kernel.config import load_config, parse_duration
+from kernel.config.durations import parse_duration
+from kernel.config.files import load_config
 from kernel.errors import (
     AdapterLoadError,
     AdapterNotFound,
@@ -46,9 +47,12 @@ from kernel.errors import (
     InvalidJob,
     KernelError,
 )
-from kernel.jobs.record import MAX_LIST_LIMIT, JobRecord, JobState, JobStore, validate_job_id
-from kernel.runtime.discovery import open_storage, redact_url
-from kernel.storage.sqlite.storage import MEMORY, parse_sqlite_url
+from kernel.jobs._checks import MAX_LIST_LIMIT, validate_job_id
+from kernel.jobs.record import JobRecord, JobState
+from kernel.ports import JobStore
+from kernel.runtime.discovery import open_storage
+from kernel.storage.sqlite._url import MEMORY, parse_sqlite_url
+from kernel.urls import redact_url
 
 __all__ = ["DEFAULT_PAGE", "StoreSource", "error_summary", "jobs_group"]
 

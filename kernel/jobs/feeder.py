@@ -22,14 +22,8 @@ import attrs
 import trio
 
 from kernel.errors import InvalidJob, StorageError
-from kernel.jobs.record import (
-    JobRecord,
-    clone_json,
-    derive_record,
-    new_job_id,
-    utc_datetime,
-    validate_name,
-)
+from kernel.jobs._checks import utc_datetime, validate_name
+from kernel.jobs.record import JobRecord, clone_json, derive_record, new_job_id
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
 from kernel.time.scheduler import Schedule, ScheduleStats

@@ -41,26 +41,18 @@ from kernel.errors import (
     DuplicateTask,
     InvalidJob,
     JobTimedOut,
+    PayloadError,
     StorageError,
     UnknownTask,
 )
+from kernel.jobs._checks import utc_datetime, validate_name
 from kernel.jobs.feeder import ScheduleFeeder
-from kernel.jobs.record import (
-    EnqueueListener,
-    JobRecord,
-    JobState,
-    JobStore,
-    check_fields,
-    derive_record,
-    new_job_id,
-    utc_datetime,
-    validate_name,
-)
+from kernel.jobs.record import JobRecord, JobState, check_fields, derive_record, new_job_id
 from kernel.observe.metrics import Metrics
-from kernel.ports import JSON, Bus
+from kernel.ports import JSON, Bus, EnqueueListener, JobStore
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import Backoff, Outcome, RetryPolicy
-from kernel.serialization import PayloadError, dump_arguments, load_arguments
+from kernel.serialization import dump_arguments, load_arguments
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Schedule, Scheduler
 from kernel.time.triggers import MisfirePolicy, OverlapPolicy, Trigger

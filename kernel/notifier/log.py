@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from kernel._exports import fixup_module_metadata
 from kernel.errors import InvalidAdapterURL, NotifierClosed
 from kernel.ports import Level, Notifier, validate_notification
-from kernel.runtime.discovery import redact_url, url_options
+from kernel.urls import redact_url, url_options
 
 __all__ = ["DEFAULT_LOGGER", "LogNotifier", "open_log_notifier"]
 
@@ -74,3 +75,6 @@ if TYPE_CHECKING:
 
     def _keeps_the_port(notifier: LogNotifier) -> Notifier:
         return notifier  # mypy proves LogNotifier satisfies the Notifier protocol
+
+
+fixup_module_metadata(__name__, globals())

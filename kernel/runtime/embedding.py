@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
-from kernel.errors import KernelError
+from kernel.errors import KernelNotRunning
 from kernel.runtime.kernel import ExitCode, Kernel
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ __all__ = ["AsyncioHandle", "KernelNotRunning", "KernelThread", "embed_in_asynci
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-class KernelNotRunning(KernelError, RuntimeError):
-    """A host handle was used while its kernel was not running: before
-    `KernelThread.start`, after a stop, or after the kernel ended on an error
-    (which is then the ``__cause__``)."""
 
 
 class _KernelHost:

@@ -26,16 +26,16 @@ from typing import Any
 import attrs
 import trio
 
-from kernel.config import key_path, structure_config
+from kernel.config.structure import key_path, structure_config
 from kernel.errors import PluginDependencyError, PluginStateError
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import JobStore, MemoryJobStore
 from kernel.observe.health import HealthMonitor, HealthTransition
 from kernel.observe.metrics import Metrics
-from kernel.ports import Bus, Level, Notifier, Storage
+from kernel.ports import Bus, JobStore, Level, Notifier, Storage
 from kernel.runtime.discovery import open_bus, open_notifier, open_storage
 from kernel.runtime.plugins import Manifest, Plugin
 from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
+from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler
 

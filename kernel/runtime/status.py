@@ -16,13 +16,10 @@ from typing import Any
 
 import trio
 
+from kernel.errors import StatusUnavailable
 from kernel.runtime.kernel import Kernel
 
 __all__ = ["StatusUnavailable", "read_status", "serve_status"]
-
-
-class StatusUnavailable(Exception):
-    """No kernel answers at the socket path."""
 
 
 async def serve_status(

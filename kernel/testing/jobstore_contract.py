@@ -28,8 +28,8 @@ import pytest
 import trio
 
 from kernel.errors import InvalidJob, JobConflict, NotJSONSerializable, StorageClosed
-from kernel.jobs.record import JobRecord, JobState, JobStore
-from kernel.ports import JSON
+from kernel.jobs.record import JobRecord, JobState
+from kernel.ports import JSON, JobStore
 
 __all__ = ["LEASE", "T0", "JobStoreContract", "make_job"]
 

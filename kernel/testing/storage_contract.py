@@ -32,7 +32,8 @@ import pytest
 import trio
 
 from kernel.errors import InvalidStorageKey, NotJSONSerializable, StorageClosed
-from kernel.ports import JSON, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Storage, copy_json
+from kernel.ports import JSON, Storage, copy_json
+from kernel.storage.base import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES
 
 __all__ = [
     "BAD_NAMES",

@@ -20,7 +20,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
 from kernel.errors import InvalidAdapterURL
-from kernel.runtime.discovery import redact_url
+from kernel.ports import redact_url
 
 __all__ = [
     "BUS_OPTIONS",

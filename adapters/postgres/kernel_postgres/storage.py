@@ -47,13 +47,19 @@ import psycopg.errors
 import trio
 
 from kernel.errors import JobConflict, StorageClosed, StorageError
-from kernel.jobs.record import (
-    MAX_CLAIM_LIMIT,
-    MAX_LIST_LIMIT,
+from kernel.ports import (
+    JSON,
     EnqueueListener,
     JobRecord,
     JobState,
     JobStore,
+    JSONLike,
+    Storage,
+    copy_json,
+)
+from kernel.storage.base import (
+    MAX_CLAIM_LIMIT,
+    MAX_LIST_LIMIT,
     check_enqueue,
     claim_order,
     clean_error_text,
@@ -68,20 +74,14 @@ from kernel.jobs.record import (
     validate_aging,
     validate_job_id,
     validate_job_ids,
+    validate_key,
+    validate_keys,
     validate_lease,
     validate_limit,
     validate_name,
-    validate_state,
-)
-from kernel.ports import (
-    JSON,
-    JSONLike,
-    Storage,
-    copy_json,
-    validate_key,
-    validate_keys,
     validate_namespace,
     validate_prefix,
+    validate_state,
 )
 from kernel_postgres._listen import listen
 from kernel_postgres._pool import Connection, Database

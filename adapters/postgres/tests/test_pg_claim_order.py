@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from kernel.jobs.record import JobRecord, MemoryJobStore
+from kernel.ports import JobRecord
+from kernel.storage.memory import MemoryJobStore
 from kernel.testing.jobstore_contract import LEASE, T0
 from kernel_postgres import open_storage
 

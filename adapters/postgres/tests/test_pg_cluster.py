@@ -14,8 +14,7 @@ from pg_helpers import Admin, with_options
 
 from kernel.errors import JobConflict, StorageClosed, StorageError
 from kernel.jobs.queue import JobQueue
-from kernel.jobs.record import EnqueueListener, JobRecord, JobState
-from kernel.ports import JSON
+from kernel.ports import JSON, EnqueueListener, JobRecord, JobState
 from kernel.testing.jobstore_contract import LEASE, T0, make_job
 from kernel.time.scheduler import open_scheduler
 from kernel_postgres import MessageTooLarge, PostgresStorage, open_bus, open_storage

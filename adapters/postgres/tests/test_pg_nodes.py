@@ -57,7 +57,8 @@ from pg_node import (
 )
 
 from kernel.errors import StorageError
-from kernel.jobs.record import JobRecord, JobState, lease_expired_error, to_epoch_micros
+from kernel.ports import JobRecord, JobState
+from kernel.storage.base import lease_expired_error, to_epoch_micros
 from kernel_postgres import PostgresStorage, open_storage, upgrade
 from kernel_postgres._url import quote_identifier
 

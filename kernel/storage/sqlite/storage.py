@@ -2,7 +2,7 @@
 
 One SQLite file holds everything a kernel keeps: the key-value state of the
 `kernel.ports.Storage` port and the jobs, schedule slots and schedule state
-of the `kernel.jobs.record.JobStore` port, so a single process needs no server and
+of the `kernel.ports.JobStore` port, so a single process needs no server and
 several processes on one machine can share the file.
 
 URLs (the SQLAlchemy spelling)::
@@ -33,15 +33,10 @@ or one ``BEGIN IMMEDIATE`` transaction, and either takes the write lock
 before reading anything (waiting up to ``busy_timeout`` seconds), so a claim
 never hands out a job another process is claiming.
 
-**Schema versions.** ``kernel_schema_version`` records each migration
-applied; opening applies the missing ones in one transaction (so two
-processes opening a new file at once migrate it once) and refuses a file
-whose version is newer than this release knows (`SchemaVersionError`),
-before writing anything. Tables are prefixed ``kernel_`` so the file can be
-an application's own database.
+**Schema versions**: `kernel.storage.sqlite.schema`.
 
 Times are stored as integer microseconds since the Unix epoch, UTC
-(`kernel.jobs.record.to_epoch_micros`); JSON as text, checked with
+(`kernel.storage.base.to_epoch_micros`); JSON as text, checked with
 `kernel.ports.copy_json` before anything is written.
 """
 
@@ -53,38 +48,22 @@ import json
 import math
 import os
 import sqlite3
-import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import trio
 
 from kernel.errors import (
-    InvalidAdapterURL,
     JobConflict,
-    SchemaVersionError,
     StorageClosed,
     StorageError,
 )
-from kernel.jobs.record import (
+from kernel.jobs._checks import (
     MAX_CLAIM_LIMIT,
     MAX_LIST_LIMIT,
-    JobRecord,
-    JobState,
-    JobStore,
-    check_enqueue,
-    claim_order,
     clean_error_text,
-    dedup_conflict_reason,
-    finished_state,
-    from_epoch_micros,
-    lease_expired_error,
-    now_or_wall_clock,
-    schedule_state_object,
-    to_epoch_micros,
     utc_datetime,
     validate_aging,
     validate_job_id,
@@ -92,203 +71,48 @@ from kernel.jobs.record import (
     validate_lease,
     validate_limit,
     validate_name,
-    validate_state,
 )
-from kernel.ports import (
-    JSON,
-    JSONLike,
-    Storage,
-    copy_json,
+from kernel.jobs.record import JobRecord, JobState, validate_state
+from kernel.ports import JSON, JobStore, JSONLike, Storage, copy_json
+from kernel.storage.base import (
+    check_enqueue,
+    claim_order,
+    finished_state,
+    from_epoch_micros,
+    now_or_wall_clock,
+    schedule_state_object,
+    to_epoch_micros,
     validate_key,
     validate_keys,
     validate_namespace,
     validate_prefix,
 )
-from kernel.runtime.discovery import redact_url, url_options
+from kernel.storage.sqlite._sql import (
+    BATCH,
+    HELD,
+    INSERT_JOB,
+    JOB_COLUMNS,
+    Pending,
+    batches,
+    complete_many,
+    count_changes,
+    encode,
+    enqueue_checked,
+    fetch_all,
+    job_from_row,
+    job_row,
+    marks,
+    prefix_end,
+    reap_expired_jobs,
+    requeue_dead,
+    select_job,
+)
+from kernel.storage.sqlite._url import Synchronous, parse_sqlite_url
+from kernel.storage.sqlite.schema import MIGRATIONS, connect, immediate, version_of
 
-__all__ = [
-    "MEMORY",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "Migration",
-    "SQLiteOptions",
-    "SQLiteStorage",
-    "Synchronous",
-    "open_sqlite_storage",
-    "parse_sqlite_url",
-]
+__all__ = ["SQLiteStorage", "open_sqlite_storage", "upgrade_sqlite_storage"]
 
 T = TypeVar("T")
-Synchronous = Literal["normal", "full", "extra"]
-
-MEMORY: Final = ":memory:"
-"""The path of an in-memory database."""
-
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_BATCH = 500
-"""Ids or keys bound per statement (SQLite allows 32,766 variables)."""
-
-# ---------------------------------------------------------------------------
-# Schema
-# ---------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Migration:
-    """One step of the schema: applied once, in order, never edited after a
-    release (a change is a new migration)."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-MIGRATIONS: Final = (
-    Migration(
-        1,
-        "key-value state",
-        (
-            """CREATE TABLE kernel_kv (
-                namespace TEXT NOT NULL,
-                key TEXT NOT NULL,
-                value TEXT NOT NULL,
-                PRIMARY KEY (namespace, key)
-            ) WITHOUT ROWID""",
-        ),
-    ),
-    Migration(
-        2,
-        "jobs, schedule slots and schedule state",
-        (
-            # seq (the rowid) is insertion order: the last tie-break of a claim.
-            """CREATE TABLE kernel_jobs (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                task TEXT NOT NULL,
-                args TEXT NOT NULL,
-                kwargs TEXT NOT NULL,
-                queue TEXT NOT NULL,
-                priority INTEGER NOT NULL,
-                run_at INTEGER NOT NULL,
-                enqueued_at INTEGER NOT NULL,
-                dedup_key TEXT,
-                timeout REAL,
-                retry TEXT,
-                attempts INTEGER NOT NULL,
-                state TEXT NOT NULL
-                    CHECK (state IN ('queued', 'running', 'succeeded', 'dead', 'cancelled')),
-                worker TEXT,
-                lease_expires_at INTEGER,
-                last_error TEXT,
-                finished_at INTEGER,
-                schedule TEXT,
-                fire_time INTEGER
-            )""",
-            # A claim walks the due jobs of a queue in claim order: without aging
-            # straight down kernel_jobs_order (stopping at LIMIT), with aging by
-            # sorting the due range of kernel_jobs_claim.
-            "CREATE INDEX kernel_jobs_claim ON kernel_jobs (queue, state, run_at)",
-            """CREATE INDEX kernel_jobs_order
-                ON kernel_jobs (queue, state, priority DESC, run_at, enqueued_at)""",
-            """CREATE UNIQUE INDEX kernel_jobs_dedup ON kernel_jobs (dedup_key)
-                WHERE state IN ('queued', 'running')""",
-            "CREATE INDEX kernel_jobs_due ON kernel_jobs (run_at) WHERE state = 'queued'",
-            """CREATE INDEX kernel_jobs_lease ON kernel_jobs (lease_expires_at)
-                WHERE state = 'running'""",
-            "CREATE INDEX kernel_jobs_finished ON kernel_jobs (state, finished_at)",
-            "CREATE INDEX kernel_jobs_state ON kernel_jobs (state, id)",
-            """CREATE TABLE kernel_schedule_slots (
-                schedule TEXT NOT NULL,
-                fire_time INTEGER NOT NULL,
-                PRIMARY KEY (schedule, fire_time)
-            ) WITHOUT ROWID""",
-            """CREATE TABLE kernel_schedule_state (
-                schedule TEXT PRIMARY KEY,
-                state TEXT NOT NULL
-            ) WITHOUT ROWID""",
-        ),
-    ),
-)
-"""Every migration, oldest first."""
-
-SCHEMA_VERSION: Final = MIGRATIONS[-1].version
-"""The schema version this release writes (and the newest it opens)."""
-
-_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS kernel_schema_version (
-    version INTEGER PRIMARY KEY,
-    description TEXT NOT NULL,
-    applied_at TEXT NOT NULL
-)"""
-
-_JOB_COLUMNS = (
-    "id, task, args, kwargs, queue, priority, run_at, enqueued_at, dedup_key, timeout, retry, "
-    "attempts, state, worker, lease_expires_at, last_error, finished_at, schedule, fire_time"
-)
-
-# ---------------------------------------------------------------------------
-# URLs
-# ---------------------------------------------------------------------------
-
-
-@attrs.frozen
-class SQLiteOptions:
-    """What a ``sqlite://`` URL asks for."""
-
-    path: str
-    """A file path (relative to the working directory, or absolute) or `MEMORY`."""
-    synchronous: Synchronous = "normal"
-    busy_timeout: float = 5.0
-    """Seconds a write waits for another process's transaction to end."""
-
-
-def parse_sqlite_url(url: str) -> SQLiteOptions:
-    """The `SQLiteOptions` of ``url``, else `InvalidAdapterURL`.
-
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` (percent-encoded
-    as needed), ``sqlite://:memory:`` (or SQLAlchemy's
-    ``sqlite:///:memory:``); options ``synchronous`` (``normal``, ``full``,
-    ``extra``) and ``busy_timeout`` (seconds).
-    """
-    options = url_options(url, allowed=("synchronous", "busy_timeout"), location=True)
-    shown = redact_url(url)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() != "sqlite":
-        raise InvalidAdapterURL(shown, "is not a sqlite:// URL")
-    if parts.netloc == MEMORY and not parts.path:
-        path = MEMORY
-    elif parts.netloc:
-        raise InvalidAdapterURL(
-            shown,
-            "SQLite takes no host: write sqlite:///relative/path.db, "
-            "sqlite:////absolute/path.db or sqlite://:memory:",
-        )
-    else:
-        path = urllib.parse.unquote(parts.path)[1:]
-        if not path or path.endswith("/"):
-            raise InvalidAdapterURL(
-                shown,
-                "names no database file: write sqlite:///relative/path.db, "
-                "sqlite:////absolute/path.db or sqlite://:memory:",
-            )
-        if "\x00" in path:
-            raise InvalidAdapterURL(shown, "the path contains NUL")
-    synchronous = options.get("synchronous", "normal").lower()
-    if synchronous not in ("normal", "full", "extra"):
-        raise InvalidAdapterURL(
-            shown, f"synchronous={options['synchronous']!r}: expected normal, full or extra"
-        )
-    busy_timeout = 5.0
-    if "busy_timeout" in options:
-        try:
-            busy_timeout = float(options["busy_timeout"])
-        except ValueError:
-            busy_timeout = math.nan
-        if not math.isfinite(busy_timeout) or busy_timeout < 0:
-            raise InvalidAdapterURL(
-                shown,
-                f"busy_timeout={options['busy_timeout']!r}: expected seconds, a number >= 0",
-            )
-    return SQLiteOptions(path, cast(Synchronous, synchronous), busy_timeout)
 
 
 async def open_sqlite_storage(url: str) -> SQLiteStorage:
@@ -306,313 +130,10 @@ async def upgrade_sqlite_storage(url: str) -> list[int]:
     already migrates it (one process owns the file); this says which
     schema versions that applied."""
     options = parse_sqlite_url(url)
-    before = await trio.to_thread.run_sync(_version_of, options.path)
+    before = await trio.to_thread.run_sync(version_of, options.path)
     storage = await open_sqlite_storage(url)
     await storage.aclose()
     return [migration.version for migration in MIGRATIONS if migration.version > before]
-
-
-def _version_of(path: str) -> int:
-    if path == MEMORY or not os.path.exists(path):
-        return 0
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        return _stored_version(connection)
-
-
-# ---------------------------------------------------------------------------
-# Plumbing that runs in the worker thread
-# ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: ``BEGIN IMMEDIATE`` takes SQLite's write lock
-    up front (waiting up to the busy timeout), so a transaction that reads
-    and then writes never fails half-way on another process's write."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-def _stored_version(connection: sqlite3.Connection) -> int:
-    exists = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kernel_schema_version'"
-    ).fetchone()
-    if exists is None:
-        return 0
-    (version,) = connection.execute("SELECT max(version) FROM kernel_schema_version").fetchone()
-    return int(version or 0)
-
-
-def _migrate(connection: sqlite3.Connection, location: str) -> None:
-    """Apply the missing migrations in one transaction, refusing a newer schema."""
-    with _immediate(connection):
-        connection.execute(_VERSION_TABLE)
-        current = _stored_version(connection)
-        if current > SCHEMA_VERSION:
-            raise SchemaVersionError(location, current, SCHEMA_VERSION)
-        applied_at = datetime.now(UTC).isoformat()
-        for migration in MIGRATIONS:
-            if migration.version <= current:
-                continue
-            for statement in migration.statements:
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO kernel_schema_version (version, description, applied_at) "
-                "VALUES (?, ?, ?)",
-                (migration.version, migration.description, applied_at),
-            )
-
-
-def _connect(
-    path: str, synchronous: Synchronous, busy_timeout: float
-) -> tuple[sqlite3.Connection, str]:
-    location = MEMORY if path == MEMORY else os.path.abspath(path)
-    try:
-        connection = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as error:
-        raise StorageError(f"cannot open SQLite database {location}: {error}") from error
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        # Check the version before writing anything, not even the journal mode.
-        found = _stored_version(connection)
-        if found > SCHEMA_VERSION:
-            raise SchemaVersionError(location, found, SCHEMA_VERSION)
-        mode = _enter_wal(connection, busy_timeout)
-        if mode not in ("wal", "memory"):
-            raise StorageError(
-                f"SQLite database {location} cannot use a write-ahead log (journal mode "
-                f"stays {mode!r}); a network file system does not support it"
-            )
-        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        _migrate(connection, location)
-    except BaseException as error:
-        connection.close()
-        if isinstance(error, sqlite3.Error):
-            raise StorageError(f"cannot open SQLite database {location}: {error}") from error
-        raise
-    return connection, location
-
-
-def _enter_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
-    """Switch to WAL. SQLite may answer "database is locked" to this without
-    calling the busy handler while another connection switches the same new
-    file, so retry here, within ``busy_timeout`` (we are on a worker thread:
-    a blocking sleep is fine)."""
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.001
-    while True:
-        try:
-            (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-            return str(mode)
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every string starting with ``prefix`` (None
-    if there is none), so a prefix is the range ``[prefix, end)``: literal
-    (no LIKE pattern to escape) and served by the primary key. Code-point
-    order is SQLite's ``BINARY`` order for valid UTF-8."""
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last == 0x10FFFF:
-            continue
-        chars.append(chr(0xE000 if last == 0xD7FF else last + 1))  # surrogates have no UTF-8
-        return "".join(chars)
-    return None
-
-
-def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _BATCH):
-        yield items[start : start + _BATCH]
-
-
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
-
-
-def _job_row(job: JobRecord) -> tuple[object, ...]:
-    return (
-        job.id,
-        job.task,
-        _encode(job.args),
-        _encode(job.kwargs),
-        job.queue,
-        job.priority,
-        to_epoch_micros(job.run_at),
-        to_epoch_micros(job.enqueued_at),
-        job.dedup_key,
-        job.timeout,
-        None if job.retry is None else _encode(job.retry),
-        job.attempts,
-        job.state.value,
-        job.worker,
-        _micros_or_none(job.lease_expires_at),
-        job.last_error,
-        _micros_or_none(job.finished_at),
-        job.schedule,
-        _micros_or_none(job.fire_time),
-    )
-
-
-def _job_from_row(row: Sequence[object]) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        task=row[1],
-        args=json.loads(cast(str, row[2])),
-        kwargs=json.loads(cast(str, row[3])),
-        queue=row[4],
-        priority=row[5],
-        run_at=from_epoch_micros(cast(int, row[6])),
-        enqueued_at=from_epoch_micros(cast(int, row[7])),
-        dedup_key=row[8],
-        timeout=row[9],
-        retry=None if row[10] is None else json.loads(cast(str, row[10])),
-        attempts=row[11],
-        state=row[12],
-        worker=row[13],
-        lease_expires_at=_datetime_or_none(row[14]),
-        last_error=row[15],
-        finished_at=_datetime_or_none(row[16]),
-        schedule=row[17],
-        fire_time=_datetime_or_none(row[18]),
-    )
-
-
-def _micros_or_none(value: datetime | None) -> int | None:
-    return None if value is None else to_epoch_micros(value)
-
-
-def _datetime_or_none(value: object) -> datetime | None:
-    return None if value is None else from_epoch_micros(cast(int, value))
-
-
-def _select_job(connection: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = connection.execute(
-        f"SELECT {_JOB_COLUMNS} FROM kernel_jobs WHERE id = ?", (job_id,)
-    ).fetchone()
-    return None if row is None else _job_from_row(row)
-
-
-def _live_holder(connection: sqlite3.Connection, dedup_key: str) -> JobRecord | None:
-    row = connection.execute(
-        f"SELECT {_JOB_COLUMNS} FROM kernel_jobs "
-        "WHERE dedup_key = ? AND state IN ('queued', 'running')",
-        (dedup_key,),
-    ).fetchone()
-    return None if row is None else _job_from_row(row)
-
-
-def _rowcount(sql: str, params: Sequence[object]) -> Callable[[sqlite3.Connection], int]:
-    """One write statement, its own transaction: SQLite takes the write lock
-    (waiting up to the busy timeout) before the statement reads anything,
-    just as ``BEGIN IMMEDIATE`` would, so it is atomic between processes."""
-    return lambda connection: connection.execute(sql, params).rowcount
-
-
-def _rows(sql: str, params: Sequence[object]) -> Callable[[sqlite3.Connection], list[Any]]:
-    """One statement (a read, or a write with ``RETURNING``, then atomic as
-    in `_rowcount`), all its rows."""
-    return lambda connection: connection.execute(sql, params).fetchall()
-
-
-def _enqueue_checked(
-    connection: sqlite3.Connection, job: JobRecord, row: tuple[object, ...]
-) -> tuple[JobRecord, bool]:
-    """Enqueue a job that claims a schedule slot or holds a dedup key: the
-    checks and the insert in one write transaction."""
-    with _immediate(connection):
-        if connection.execute("SELECT 1 FROM kernel_jobs WHERE id = ?", (job.id,)).fetchone():
-            raise JobConflict(job.id, "a job with this id is already stored")
-        if job.schedule is not None and job.fire_time is not None:
-            claimed = connection.execute(
-                "INSERT INTO kernel_schedule_slots (schedule, fire_time) VALUES (?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (job.schedule, to_epoch_micros(job.fire_time)),
-            ).rowcount
-            if claimed != 1:
-                return attrs.evolve(job), False
-        holder = None if job.dedup_key is None else _live_holder(connection, job.dedup_key)
-        if holder is not None:
-            return holder, False
-        connection.execute(_INSERT_JOB, row)
-    return attrs.evolve(job), True
-
-
-def _reap(connection: sqlite3.Connection, now_us: int) -> list[str]:
-    with _immediate(connection):
-        expired = sorted(
-            connection.execute(
-                "SELECT seq, id, worker FROM kernel_jobs "
-                "WHERE state = 'running' AND lease_expires_at <= ?",
-                (now_us,),
-            )
-        )
-        connection.executemany(
-            "UPDATE kernel_jobs SET state = 'queued', worker = NULL, "
-            "lease_expires_at = NULL, last_error = ? WHERE seq = ?",
-            [(lease_expired_error(worker), seq) for seq, _, worker in expired],
-        )
-    return [job_id for _, job_id, _ in expired]
-
-
-def _retry_dead(connection: sqlite3.Connection, job_id: str, run_at_us: int) -> JobRecord | None:
-    with _immediate(connection):
-        job = _select_job(connection, job_id)
-        if job is None or job.state is not JobState.dead:
-            return None
-        if job.dedup_key is not None and _live_holder(connection, job.dedup_key):
-            raise JobConflict(job_id, dedup_conflict_reason(job.dedup_key))
-        row = connection.execute(
-            "UPDATE kernel_jobs SET state = 'queued', run_at = ?, attempts = 0, "
-            f"worker = NULL, finished_at = NULL WHERE id = ? RETURNING {_JOB_COLUMNS}",
-            (run_at_us, job_id),
-        ).fetchone()
-    return _job_from_row(row)
-
-
-_INSERT_JOB = (
-    f"INSERT INTO kernel_jobs ({_JOB_COLUMNS}) VALUES ({_marks(_JOB_COLUMNS.count(',') + 1)})"
-)
-_HELD = "WHERE id = ? AND state = 'running' AND worker = ?"
-"""The jobs a worker holds: running, and claimed by it."""
-
-
-def _complete_many(
-    connection: sqlite3.Connection, completions: Sequence[tuple[str, str, int]]
-) -> list[bool]:
-    with _immediate(connection):
-        return [
-            connection.execute(
-                "UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, "
-                f"finished_at = ? {_HELD}",
-                (finished_us, job_id, worker),
-            ).rowcount
-            == 1
-            for job_id, worker, finished_us in completions
-        ]
-
-
-@attrs.define(eq=False)
-class _Pending:
-    """One `complete` waiting for the batch it is in."""
-
-    completion: tuple[str, str, int]
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: bool | BaseException = False
 
 
 # ---------------------------------------------------------------------------
@@ -636,7 +157,7 @@ class SQLiteStorage:
         factory=lambda: trio.CapacityLimiter(1), init=False
     )
     _closed: bool = attrs.field(default=False, init=False)
-    _completing: list[_Pending] = attrs.field(factory=list, init=False)
+    _completing: list[Pending] = attrs.field(factory=list, init=False)
     _completer: bool = attrs.field(default=False, init=False)
 
     @classmethod
@@ -661,7 +182,7 @@ class SQLiteStorage:
         if not math.isfinite(busy_timeout) or busy_timeout < 0:
             raise ValueError(f"busy_timeout must be seconds >= 0, not {busy_timeout!r}")
         connection, location = await trio.to_thread.run_sync(
-            _connect, path, synchronous, busy_timeout
+            connect, path, synchronous, busy_timeout
         )
         return cls(location, connection=connection)
 
@@ -722,7 +243,9 @@ class SQLiteStorage:
         validate_namespace(namespace)
         validate_key(key)
         rows = await self._call(
-            _rows("SELECT value FROM kernel_kv WHERE namespace = ? AND key = ?", (namespace, key))
+            fetch_all(
+                "SELECT value FROM kernel_kv WHERE namespace = ? AND key = ?", (namespace, key)
+            )
         )
         return _decode(rows[0][0]) if rows else default
 
@@ -732,10 +255,10 @@ class SQLiteStorage:
 
         def work(connection: sqlite3.Connection) -> list[tuple[str, str]]:
             found: list[tuple[str, str]] = []
-            for batch in _batches(wanted):
+            for batch in batches(wanted):
                 found += connection.execute(
                     "SELECT key, value FROM kernel_kv "
-                    f"WHERE namespace = ? AND key IN ({_marks(len(batch))})",
+                    f"WHERE namespace = ? AND key IN ({marks(len(batch))})",
                     (namespace, *batch),
                 ).fetchall()
             return found
@@ -745,9 +268,9 @@ class SQLiteStorage:
     async def put(self, namespace: str, key: str, value: JSONLike) -> None:
         validate_namespace(namespace)
         validate_key(key)
-        text = _encode(copy_json(value))
+        text = encode(copy_json(value))
         await self._call(
-            _rowcount(
+            count_changes(
                 "INSERT INTO kernel_kv (namespace, key, value) VALUES (?, ?, ?) "
                 "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
                 (namespace, key, text),
@@ -758,7 +281,7 @@ class SQLiteStorage:
         validate_namespace(namespace)
         validate_key(key)
         deleted = await self._call(
-            _rowcount("DELETE FROM kernel_kv WHERE namespace = ? AND key = ?", (namespace, key))
+            count_changes("DELETE FROM kernel_kv WHERE namespace = ? AND key = ?", (namespace, key))
         )
         return deleted == 1
 
@@ -772,30 +295,30 @@ class SQLiteStorage:
     async def _select_prefix(self, namespace: str, prefix: str, columns: str) -> list[Any]:
         validate_namespace(namespace)
         validate_prefix(prefix)
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         sql = f"SELECT {columns} FROM kernel_kv WHERE namespace = ? AND key >= ?"
         params: tuple[str, ...] = (namespace, prefix)
         if end is not None:
             sql += " AND key < ?"
             params += (end,)
-        return await self._call(_rows(sql + " ORDER BY key", params))
+        return await self._call(fetch_all(sql + " ORDER BY key", params))
 
     async def clear(self, namespace: str) -> int:
         validate_namespace(namespace)
         return await self._call(
-            _rowcount("DELETE FROM kernel_kv WHERE namespace = ?", (namespace,))
+            count_changes("DELETE FROM kernel_kv WHERE namespace = ?", (namespace,))
         )
 
     # -- jobs (kernel.jobs.record.JobStore) -----------------------------------------
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        row = _job_row(check_enqueue(job))
+        row = job_row(check_enqueue(job))
         if job.dedup_key is not None or (job.schedule is not None and job.fire_time is not None):
-            return await self._call(lambda connection: _enqueue_checked(connection, job, row))
+            return await self._call(lambda connection: enqueue_checked(connection, job, row))
 
         def work(connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
             try:
-                connection.execute(_INSERT_JOB, row)
+                connection.execute(INSERT_JOB, row)
             except sqlite3.IntegrityError:
                 raise JobConflict(job.id, "a job with this id is already stored") from None
             return attrs.evolve(job), True
@@ -829,18 +352,18 @@ class SQLiteStorage:
             order = "priority + max(0, ? - max(run_at, enqueued_at)) / ? DESC"
             order_params = (now_us, max(aging // timedelta(microseconds=1), 1))
         rows = await self._call(
-            _rows(
+            fetch_all(
                 "UPDATE kernel_jobs SET state = 'running', worker = ?, lease_expires_at = ?, "
                 "attempts = attempts + 1 WHERE seq IN ("
                 "SELECT seq FROM kernel_jobs WHERE queue = ? AND state = 'queued' "
                 f"AND run_at <= ? ORDER BY {order}, run_at, enqueued_at, seq LIMIT ?"
-                f") RETURNING seq, {_JOB_COLUMNS}",
+                f") RETURNING seq, {JOB_COLUMNS}",
                 (worker, now_us + lease_us, queue, now_us, *order_params, limit),
             )
         )
         # RETURNING has no order: sort as the subquery did.
         claimed = sorted(
-            ((_job_from_row(row[1:]), row[0]) for row in rows),
+            ((job_from_row(row[1:]), row[0]) for row in rows),
             key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
         )
         return [job for job, _ in claimed]
@@ -854,15 +377,15 @@ class SQLiteStorage:
 
         def work(connection: sqlite3.Connection) -> set[str]:
             held: set[str] = set()
-            several = len(ids) > _BATCH
-            with _immediate(connection) if several else contextlib.nullcontext():
-                for batch in _batches(ids):
+            several = len(ids) > BATCH
+            with immediate(connection) if several else contextlib.nullcontext():
+                for batch in batches(ids):
                     held.update(
                         job_id
                         for (job_id,) in connection.execute(
                             "UPDATE kernel_jobs SET lease_expires_at = ? "
                             "WHERE state = 'running' AND worker = ? "
-                            f"AND id IN ({_marks(len(batch))}) RETURNING id",
+                            f"AND id IN ({marks(len(batch))}) RETURNING id",
                             (until_us, worker, *batch),
                         ).fetchall()
                     )
@@ -873,7 +396,7 @@ class SQLiteStorage:
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
         validate_name("worker", worker)
-        pending = _Pending((job_id, worker, to_epoch_micros(now_or_wall_clock(now))))
+        pending = Pending((job_id, worker, to_epoch_micros(now_or_wall_clock(now))))
         self._completing.append(pending)
         if not self._completer:
             await self._complete_pending()
@@ -896,7 +419,7 @@ class SQLiteStorage:
                     completions = [pending.completion for pending in batch]
                     try:
                         results: list[bool] | BaseException = await self._call(
-                            functools.partial(_complete_many, completions=completions)
+                            functools.partial(complete_many, completions=completions)
                         )
                     except Exception as error:
                         results = error
@@ -914,9 +437,9 @@ class SQLiteStorage:
         error = clean_error_text(error)
         run_at_us = to_epoch_micros(utc_datetime(run_at, field="run_at"))
         changed = await self._call(
-            _rowcount(
+            count_changes(
                 "UPDATE kernel_jobs SET state = 'queued', run_at = ?, worker = NULL, "
-                f"lease_expires_at = NULL, last_error = ? {_HELD}",
+                f"lease_expires_at = NULL, last_error = ? {HELD}",
                 (run_at_us, error, job_id, worker),
             )
         )
@@ -927,9 +450,9 @@ class SQLiteStorage:
         validate_name("worker", worker)
         run_at_us = to_epoch_micros(utc_datetime(run_at, field="run_at"))
         changed = await self._call(
-            _rowcount(
+            count_changes(
                 "UPDATE kernel_jobs SET state = 'queued', run_at = ?, worker = NULL, "
-                f"lease_expires_at = NULL, attempts = max(attempts - 1, 0) {_HELD}",
+                f"lease_expires_at = NULL, attempts = max(attempts - 1, 0) {HELD}",
                 (run_at_us, job_id, worker),
             )
         )
@@ -943,9 +466,9 @@ class SQLiteStorage:
         error = clean_error_text(error)
         finished_us = to_epoch_micros(now_or_wall_clock(now))
         changed = await self._call(
-            _rowcount(
+            count_changes(
                 "UPDATE kernel_jobs SET state = 'dead', lease_expires_at = NULL, "
-                f"last_error = ?, finished_at = ? {_HELD}",
+                f"last_error = ?, finished_at = ? {HELD}",
                 (error, finished_us, job_id, worker),
             )
         )
@@ -955,22 +478,22 @@ class SQLiteStorage:
         validate_job_id(job_id)
         finished_us = to_epoch_micros(now_or_wall_clock(now))
         rows = await self._call(
-            _rows(
+            fetch_all(
                 "UPDATE kernel_jobs SET state = 'cancelled', lease_expires_at = NULL, "
                 "finished_at = ? WHERE id = ? AND state IN ('queued', 'running') "
-                f"RETURNING {_JOB_COLUMNS}",
+                f"RETURNING {JOB_COLUMNS}",
                 (finished_us, job_id),
             )
         )
-        return _job_from_row(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     async def reap_expired(self, now: datetime) -> list[str]:
         now_us = to_epoch_micros(utc_datetime(now, field="now"))
-        return await self._call(lambda connection: _reap(connection, now_us))
+        return await self._call(lambda connection: reap_expired_jobs(connection, now_us))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         validate_job_id(job_id)
-        return await self._call(lambda connection: _select_job(connection, job_id))
+        return await self._call(lambda connection: select_job(connection, job_id))
 
     async def list_jobs(
         self,
@@ -994,14 +517,14 @@ class SQLiteStorage:
         params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         rows = await self._call(
-            _rows(f"SELECT {_JOB_COLUMNS} FROM kernel_jobs {where}ORDER BY id LIMIT ?", params)
+            fetch_all(f"SELECT {JOB_COLUMNS} FROM kernel_jobs {where}ORDER BY id LIMIT ?", params)
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def retry_dead(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
         validate_job_id(job_id)
         run_at_us = to_epoch_micros(now_or_wall_clock(now))
-        return await self._call(lambda connection: _retry_dead(connection, job_id, run_at_us))
+        return await self._call(lambda connection: requeue_dead(connection, job_id, run_at_us))
 
     async def purge_dead(self, *, older_than: datetime | None = None) -> int:
         return await self.purge(state=JobState.dead, older_than=older_than)
@@ -1012,7 +535,7 @@ class SQLiteStorage:
         if older_than is not None:
             sql += " AND finished_at < ?"
             params += (to_epoch_micros(utc_datetime(older_than, field="older_than")),)
-        return await self._call(_rowcount(sql, params))
+        return await self._call(count_changes(sql, params))
 
     async def next_due(self, queue: str | None = None) -> datetime | None:
         if queue is None:
@@ -1021,7 +544,7 @@ class SQLiteStorage:
         else:
             sql = "SELECT min(run_at) FROM kernel_jobs WHERE queue = ? AND state = 'queued'"
             params = (validate_name("queue", queue),)
-        ((earliest,),) = await self._call(_rows(sql, params))
+        ((earliest,),) = await self._call(fetch_all(sql, params))
         return None if earliest is None else from_epoch_micros(earliest)
 
     # -- schedules (kernel.jobs.record.JobStore) ------------------------------------
@@ -1030,7 +553,7 @@ class SQLiteStorage:
         validate_name("schedule", schedule)
         fire_us = to_epoch_micros(utc_datetime(fire_time, field="fire_time"))
         inserted = await self._call(
-            _rowcount(
+            count_changes(
                 "INSERT INTO kernel_schedule_slots (schedule, fire_time) VALUES (?, ?) "
                 "ON CONFLICT DO NOTHING",
                 (schedule, fire_us),
@@ -1041,21 +564,21 @@ class SQLiteStorage:
     async def prune_slots(self, *, older_than: datetime) -> int:
         cutoff_us = to_epoch_micros(utc_datetime(older_than, field="older_than"))
         return await self._call(
-            _rowcount("DELETE FROM kernel_schedule_slots WHERE fire_time < ?", (cutoff_us,))
+            count_changes("DELETE FROM kernel_schedule_slots WHERE fire_time < ?", (cutoff_us,))
         )
 
     async def get_schedule_state(self, schedule: str) -> dict[str, JSON] | None:
         validate_name("schedule", schedule)
         rows = await self._call(
-            _rows("SELECT state FROM kernel_schedule_state WHERE schedule = ?", (schedule,))
+            fetch_all("SELECT state FROM kernel_schedule_state WHERE schedule = ?", (schedule,))
         )
         return cast("dict[str, JSON]", _decode(rows[0][0])) if rows else None
 
     async def put_schedule_state(self, schedule: str, state: Mapping[str, JSONLike]) -> None:
         validate_name("schedule", schedule)
-        text = _encode(schedule_state_object(state))
+        text = encode(schedule_state_object(state))
         await self._call(
-            _rowcount(
+            count_changes(
                 "INSERT INTO kernel_schedule_state (schedule, state) VALUES (?, ?) "
                 "ON CONFLICT (schedule) DO UPDATE SET state = excluded.state",
                 (schedule, text),

@@ -1,0 +1,211 @@
+"""The kernel's config file: ``[kernel]`` settings and ``[plugins.NAME]``
+entries, read from TOML (`load_config`, `parse_config`)."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from kernel.config._messages import BadValue, join_key_path, unknown_key_reason
+from kernel.config.structure import key_path, structure_config
+from kernel.errors import ConfigError
+
+__all__ = [
+    "KernelConfig",
+    "KernelSettings",
+    "LogLevel",
+    "PluginEntry",
+    "load_config",
+    "parse_config",
+]
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------
+# The kernel's own schema
+# ---------------------------------------------------------------------------
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+"""The levels ``kernel.log_level`` accepts (the `logging` names, lower case)."""
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_PLUGIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_PLUGIN_NAME_RULE = "1-63 characters of a-z, 0-9, '_', '.', '-' starting with a letter or digit"
+
+
+def _adapter_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise BadValue("a URL string", value)
+    if not _URL.match(value) or value != value.strip():
+        raise BadValue("a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", value)
+
+
+def _positive_duration(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, datetime.timedelta) or value <= datetime.timedelta(0):
+        raise BadValue("a positive duration", value)
+
+
+def _plugin_reference(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value or value != value.strip() or value.count(":") > 1:
+        raise BadValue("an entry-point name or 'package.module:attribute'", value)
+
+
+def _plugin_name_problem(name: object) -> str | None:
+    if isinstance(name, str) and _PLUGIN_NAME.fullmatch(name):
+        return None
+    return f"invalid plugin name {name!r}: expected {_PLUGIN_NAME_RULE}"
+
+
+def _plugin_names(_: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    for name in value:
+        problem = _plugin_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+@attrs.frozen
+class KernelSettings:
+    """The ``[kernel]`` table: which adapters to open and how the kernel
+    paces itself. Adapter URLs are only checked for a ``scheme://`` shape
+    here; `kernel.runtime.discovery` finds (or fails to find) the adapter."""
+
+    #: The runner's durable default: jobs, schedules and plugin states in a
+    #: SQLite file in the working directory (embedding defaults to memory).
+    storage: str = attrs.field(default="sqlite:///kernel.db", validator=_adapter_url)
+    bus: str = attrs.field(default="local://", validator=_adapter_url)
+    notifier: str = attrs.field(default="log://", validator=_adapter_url)
+    #: How long each plugin may take to stop before it is cancelled.
+    shutdown_grace: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=10), validator=_positive_duration
+    )
+    #: How often health checks run.
+    health_interval: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=30), validator=_positive_duration
+    )
+    #: The Unix socket `kernel status` talks to; ``None`` (the default) opens none.
+    status_socket: Path | None = None
+    log_level: LogLevel = "info"
+
+
+@attrs.frozen
+class PluginEntry:
+    """One ``[plugins.NAME]`` table: which plugin to load, whether to enable
+    it, and its own config, kept raw until the runtime knows the plugin's
+    config class (``structure_config(entry.config, manifest.config,
+    source=..., prefix="plugins.NAME.config")``)."""
+
+    use: str = attrs.field(validator=_plugin_reference)
+    enabled: bool = True
+    config: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class KernelConfig:
+    """A whole config file: kernel settings, plugin instances by name (in
+    file order), and the ``source`` errors name."""
+
+    kernel: KernelSettings = KernelSettings()
+    plugins: dict[str, PluginEntry] = attrs.field(factory=dict, validator=_plugin_names)
+    source: str = "<defaults>"
+
+
+_TOP_LEVEL_KEYS = ["kernel", "plugins"]
+_TOML_POSITION = re.compile(r"(.*) \((at line \d+, column \d+|at end of document)\)", re.DOTALL)
+
+
+def _toml_reason(error: ValueError) -> str:
+    message = str(error)
+    if message.startswith("Exceeds the limit"):  # Python's guard against huge integers
+        return f"invalid TOML: an integer with too many digits ({message.split(';')[0]})"
+    match = _TOML_POSITION.fullmatch(message)
+    if match is None:
+        return f"invalid TOML: {message}"
+    text, where = match.groups()
+    return f"invalid TOML {where}: {text[:1].lower()}{text[1:]}"
+
+
+def _kernel_config(document: Mapping[str, Any], source: str) -> KernelConfig:
+    problems: list[ConfigError] = []
+    for key in document:
+        if key not in _TOP_LEVEL_KEYS:
+            problems.append(
+                ConfigError(
+                    source, join_key_path("", (key,)), unknown_key_reason(key, _TOP_LEVEL_KEYS)
+                )
+            )
+    settings = KernelSettings()
+    try:
+        settings = structure_config(
+            document.get("kernel", {}), KernelSettings, source=source, prefix="kernel"
+        )
+    except ConfigError as error:
+        problems += error.problems
+    plugins: dict[str, PluginEntry] = {}
+    table = document.get("plugins", {})
+    if not isinstance(table, Mapping):
+        problems.append(
+            ConfigError(source, "plugins", str(BadValue("a table", table)), expected="a table")
+        )
+        table = {}
+    for name, entry in table.items():
+        path = key_path("plugins", name)
+        name_problem = _plugin_name_problem(name)
+        if name_problem is not None:
+            problems.append(ConfigError(source, path, name_problem, expected=_PLUGIN_NAME_RULE))
+        try:
+            plugins[name] = structure_config(entry, PluginEntry, source=source, prefix=path)
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError.from_problems(problems)
+    return KernelConfig(kernel=settings, plugins=plugins, source=source)
+
+
+def parse_config(text: str, *, source: str) -> KernelConfig:
+    """The `KernelConfig` in TOML ``text``; ``source`` names it in errors.
+
+    Raises `ConfigError`: invalid TOML (with tomllib's line and column),
+    unknown keys, wrong types, invalid plugin names, malformed adapter URLs,
+    durations that are not positive. All problems are reported at once.
+    """
+    try:
+        document = tomllib.loads(text)
+    except ValueError as error:  # TOMLDecodeError, or an integer past Python's digit limit
+        raise ConfigError(source, "", _toml_reason(error)) from None
+    except RecursionError:
+        raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
+    return _kernel_config(document, source)
+
+
+def load_config(path: str | Path) -> KernelConfig:
+    """The `KernelConfig` in the TOML file at ``path`` (UTF-8, a leading
+    byte-order mark tolerated); errors name the file as ``path`` was given.
+
+    Raises `ConfigError` for a missing or unreadable file as for a bad one.
+    """
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(source, "", "is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(source, "", "permission denied") from None
+    except OSError as error:
+        raise ConfigError(source, "", f"cannot read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(
+            source, "", f"not UTF-8 text (invalid byte at line {line}, column {column})"
+        ) from None
+    return parse_config(text, source=source)
