@@ -20,7 +20,8 @@ from kernel.errors import (
     PluginDependencyError,
     PluginStateError,
 )
-from kernel.jobs.queue import JobQueue, RateLimit
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.rate import RateLimit
 from kernel.observe.health import HealthMonitor, HealthReport, HealthTransition, Status
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage

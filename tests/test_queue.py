@@ -22,7 +22,8 @@ from kernel.errors import (
     NotJSONSerializable,
     UnknownTask,
 )
-from kernel.jobs.queue import JobQueue, RateLimit, RateWindow
+from kernel.jobs.queue import JobQueue
+from kernel.jobs.rate import RateLimit, RateWindow
 from kernel.jobs.record import JobRecord, JobState
 from kernel.observe.metrics import Metrics
 from kernel.ports import JobStore

@@ -16,21 +16,22 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
 from kernel.errors import InvalidJob, StorageError
 from kernel.jobs._checks import utc_datetime, validate_name
+from kernel.jobs.events import JobEvents
 from kernel.jobs.record import JobRecord, clone_json, derive_record, new_job_id
+from kernel.jobs.registry import TaskRegistry
+from kernel.jobs.workers import Workers
+from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
-from kernel.time.scheduler import Schedule, ScheduleStats
+from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats
 from kernel.time.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
-
-if TYPE_CHECKING:
-    from kernel.jobs.queue import JobQueue
 
 __all__ = ["ScheduleFeeder"]
 
@@ -54,10 +55,26 @@ class _QueuedSchedule:
 
 class ScheduleFeeder:
     """The queued schedules of one `JobQueue`, and the task that stores
-    their fired slots (`run`, started by the queue)."""
+    their fired slots (`run`, started by the queue).
 
-    def __init__(self, jobs: JobQueue) -> None:
-        self._jobs = jobs
+    It is handed what it uses (the scheduler, the store, the task registry,
+    the workers to wake, the events to publish) rather than the queue itself,
+    as APScheduler's data stores are: no import cycle, and a test can give it
+    fakes."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        store: JobStore,
+        registry: TaskRegistry,
+        workers: Workers,
+        events: JobEvents,
+    ) -> None:
+        self._scheduler = scheduler
+        self._store = store
+        self._registry = registry
+        self._workers = workers
+        self._events = events
         self._schedules: dict[str, _QueuedSchedule] = {}
         self._fired: deque[JobRecord] = deque()
         self._restoring: list[_QueuedSchedule] = []
@@ -77,7 +94,7 @@ class ScheduleFeeder:
         overlap: OverlapPolicy | None = None,
     ) -> Schedule:
         """`JobQueue.add_schedule`."""
-        spec = self._jobs._spec(task)
+        spec = self._registry.spec(task)
         label = validate_name("schedule", name if name is not None else spec.name)
         current = self._schedules.get(label)
         if current is not None and current.schedule is not None and not current.schedule.finished:
@@ -90,7 +107,7 @@ class ScheduleFeeder:
                 "a queued schedule takes SkipIfRunning() or AllowOverlap(); "
                 "the queue, not the schedule, holds its waiting runs",
             )
-        now = self._jobs.clock.now()
+        now = self._scheduler.clock.now()
         dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
         entry = _QueuedSchedule(
             trigger,
@@ -106,7 +123,7 @@ class ScheduleFeeder:
                 schedule=label,
             ),
         )
-        entry.schedule = self._jobs.scheduler.add_schedule(
+        entry.schedule = self._scheduler.add_schedule(
             _never,
             trigger,
             name=label,
@@ -115,7 +132,7 @@ class ScheduleFeeder:
             emit=lambda schedule, slots: self._emit(entry, slots),
         )
         self._schedules[label] = entry
-        self._jobs._queue(entry.template.queue)
+        self._workers.ensure(entry.template.queue)
         self._restoring.append(entry)
         self._feed.set()
         return entry.schedule
@@ -123,7 +140,7 @@ class ScheduleFeeder:
     def _emit(self, entry: _QueuedSchedule, slots: list[datetime]) -> None:
         """The scheduler's hand-off, on its driver task: no I/O here, the
         feeder stores the jobs."""
-        now = self._jobs.clock.now()
+        now = self._scheduler.clock.now()
         template = entry.template
         for index, slot in enumerate(slots):
             changes: dict[str, object] = {
@@ -155,22 +172,22 @@ class ScheduleFeeder:
             except StorageError as exc:
                 wait = backoff.next()
                 log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
-                await self._jobs.scheduler.sleep(wait)
+                await self._scheduler.sleep(wait)
                 self._feed.set()
 
     async def _store_fired(self) -> None:
         last: dict[str, datetime] = {}
         while self._fired:
             job = self._fired[0]
-            stored, created = await self._jobs.store.enqueue(job)
+            stored, created = await self._store.enqueue(job)
             self._fired.popleft()
             if job.schedule is not None and job.fire_time is not None:
                 previous = last.get(job.schedule)
                 if previous is None or job.fire_time > previous:
                     last[job.schedule] = job.fire_time
             if created:
-                self._jobs._wake(stored.queue)
-                await self._jobs._publish("job.enqueued", stored)
+                self._workers.wake(stored.queue)
+                await self._events.publish("job.enqueued", stored)
             elif stored.id != job.id:  # held back by the overlap policy
                 stats = self.stats_of(job)
                 if stats is not None:
@@ -180,7 +197,7 @@ class ScheduleFeeder:
             next_fire = (
                 None if entry is None or entry.schedule is None else entry.schedule.next_fire_time
             )
-            await self._jobs.store.put_schedule_state(
+            await self._store.put_schedule_state(
                 name,
                 {
                     "last_fire_time": fire_time.isoformat(),
@@ -197,7 +214,7 @@ class ScheduleFeeder:
             entry = self._restoring[0]
             schedule = entry.schedule
             assert schedule is not None
-            state = await self._jobs.store.get_schedule_state(schedule.name)
+            state = await self._store.get_schedule_state(schedule.name)
             self._restoring.pop(0)
             entry.restored = True
             held, entry.held = entry.held, []
@@ -205,7 +222,7 @@ class ScheduleFeeder:
             if isinstance(last, str) and not schedule.finished and not schedule.paused:
                 # what fired meanwhile was planned on a provisional grid: drop
                 # it and re-plan from the last fire on the schedule's own grid
-                schedule._restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
+                schedule.restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
             else:
                 self._fired.extend(held)  # a first start: its grid is the grid
 

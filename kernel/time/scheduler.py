@@ -198,7 +198,7 @@ class Schedule:
             self._scheduler.cancel_timer(self._timer)
             self._timer = None
 
-    def _restart_from(self, after: datetime, trigger: Trigger) -> None:
+    def restart_from(self, after: datetime, trigger: Trigger) -> None:
         """Plan again from ``after`` (the last fire stored before a restart),
         anchoring an unanchored `Every` there: the slots since then come due
         at once and meet the misfire policy."""
