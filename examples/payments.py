@@ -28,7 +28,7 @@ import attrs
 from kernel import Cron, Manifest, Message, Permission, Plugin, PluginContext
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import RetryPolicy
-from kernel.time.triggers import RunOnce
+from kernel.time.policies import RunOnce
 
 __all__ = ["FakePaymentProvider", "Payments", "PaymentsConfig", "ProviderDown"]
 

@@ -41,24 +41,19 @@ from kernel.runtime.plugins import (
 from kernel.runtime.supervisor import PluginState
 from kernel.time.clock import Clock
 from kernel.time.cron import CronExpression
-from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
-from kernel.time.triggers import (
-    AllOf,
+from kernel.time.policies import (
     AllowOverlap,
-    AnyOf,
-    At,
     CancelRunning,
     CatchUp,
-    Cron,
-    Every,
     MisfirePolicy,
     OverlapPolicy,
     QueueOne,
     RunOnce,
     SkipIfRunning,
     SkipMissed,
-    Trigger,
 )
+from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats, open_scheduler
+from kernel.time.triggers import AllOf, AnyOf, At, Cron, Every, Trigger
 from kernel.time.wheel import Timer, TimerWheel
 
 __all__ = [

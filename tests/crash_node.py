@@ -35,8 +35,9 @@ from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JobStore
 from kernel.resilience.retry import RetryPolicy
 from kernel.storage.sqlite import SQLiteStorage
+from kernel.time.policies import AllowOverlap, CatchUp, MisfirePolicy, RunOnce, SkipMissed
 from kernel.time.scheduler import Schedule, open_scheduler
-from kernel.time.triggers import AllowOverlap, CatchUp, Every, MisfirePolicy, RunOnce, SkipMissed
+from kernel.time.triggers import Every
 
 WORK = "work"
 TICKS = "ticks"

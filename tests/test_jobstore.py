@@ -16,10 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel.errors import InvalidJob, JobConflict, NotJSONSerializable
-from kernel.jobs._checks import clean_error_text
 from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JobStore
-from kernel.storage.base import effective_priority
+from kernel.storage.base import clean_error_text, effective_priority
 from kernel.storage.memory import MemoryJobStore
 from kernel.storage.sqlite import MEMORY, SQLiteStorage
 from kernel.testing.jobstore_contract import LEASE, T0, JobStoreContract, make_job

@@ -14,7 +14,8 @@ from kernel.resilience.retry import Jitter, RetryPolicy
 from kernel.runtime.supervisor import PluginState
 from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
-from kernel.time.triggers import CatchUp, Every, QueueOne
+from kernel.time.policies import CatchUp, QueueOne
+from kernel.time.triggers import Every
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

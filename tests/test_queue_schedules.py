@@ -21,8 +21,9 @@ from kernel.observe.metrics import Metrics
 from kernel.resilience.retry import Jitter, RetryPolicy
 from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
+from kernel.time.policies import AllowOverlap, CatchUp, QueueOne, RunOnce, SkipMissed
 from kernel.time.scheduler import open_scheduler
-from kernel.time.triggers import AllowOverlap, CatchUp, Cron, Every, QueueOne, RunOnce, SkipMissed
+from kernel.time.triggers import Cron, Every
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)

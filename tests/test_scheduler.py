@@ -11,19 +11,17 @@ import trio
 from trio.testing import MockClock
 
 from kernel.time.clock import Clock
-from kernel.time.scheduler import Scheduler, open_scheduler
-from kernel.time.triggers import (
+from kernel.time.policies import (
     AllowOverlap,
-    At,
     CancelRunning,
     CatchUp,
-    Cron,
-    Every,
     QueueOne,
     RunOnce,
     SkipIfRunning,
     SkipMissed,
 )
+from kernel.time.scheduler import Scheduler, open_scheduler
+from kernel.time.triggers import At, Cron, Every
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BERLIN = ZoneInfo("Europe/Berlin")

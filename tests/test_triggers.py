@@ -8,15 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel.errors import CronSyntaxError
-from kernel.time.triggers import (
-    AllOf,
+from kernel.time.policies import (
     AllowOverlap,
-    AnyOf,
-    At,
     CancelRunning,
     CatchUp,
-    Cron,
-    Every,
     OverlapAction,
     QueueOne,
     RunOnce,
@@ -25,6 +20,7 @@ from kernel.time.triggers import (
     decide_overlap,
     plan_misfire,
 )
+from kernel.time.triggers import AllOf, AnyOf, At, Cron, Every
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BERLIN = ZoneInfo("Europe/Berlin")

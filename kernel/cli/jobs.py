@@ -13,10 +13,9 @@ put back here when that queue next wakes. ``memory://`` (and
 ``sqlite://:memory:``) is refused: it lives inside one process, so another
 process can never see its jobs.
 
-`kernel.cli` registers `jobs_group` on its ``main``; this module imports
-`kernel.cli` (for `_table`) only when a command runs, so either module may
-be imported first, and ``python -m kernel.cli jobs`` works too. Errors
-reach ``main`` (a `kernel.cli.KernelGroup`), which prints them as one line.
+`kernel.cli.commands` registers `jobs_group` on its ``main``. Errors reach
+``main`` (a `kernel.cli._output.KernelGroup`), which prints them as one
+line.
 
 Exit codes: 0 done; 1 the job is not there, or not in a state the command
 acts on, or the store failed; 2 a usage error (a malformed id, URL, state
@@ -37,6 +36,7 @@ import attrs
 import click
 import trio
 
+from kernel.cli._output import table
 from kernel.config.durations import parse_duration
 from kernel.config.files import load_config
 from kernel.errors import (
@@ -47,11 +47,11 @@ from kernel.errors import (
     InvalidJob,
     KernelError,
 )
-from kernel.jobs._checks import MAX_LIST_LIMIT, validate_job_id
 from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JobStore
 from kernel.runtime.discovery import open_storage
-from kernel.storage.sqlite._url import MEMORY, parse_sqlite_url
+from kernel.storage.base import MAX_LIST_LIMIT, validate_job_id
+from kernel.storage.sqlite import MEMORY, parse_sqlite_url
 from kernel.urls import redact_url
 
 __all__ = ["DEFAULT_PAGE", "StoreSource", "error_summary", "jobs_group"]
@@ -263,15 +263,13 @@ def _list_page(
         fetch = min(limit + 1, MAX_LIST_LIMIT)
         return await store.list_jobs(state=state, queue=queue, limit=fetch, after_id=after_id)
 
-    from kernel.cli import _table  # here, not above: kernel.cli imports this module
-
     jobs = _run(source, page)
     more = len(jobs) > limit or (len(jobs) == limit == MAX_LIST_LIMIT)
     jobs = jobs[:limit]
     if not jobs:
         click.echo("no more jobs" if after_id is not None else "no jobs")
         return
-    _table(_rows(jobs))
+    table(_rows(jobs))
     if more:
         words = ["kernel", "jobs", *command, *source.option]
         if limit != DEFAULT_PAGE:

@@ -30,8 +30,9 @@ from kernel.jobs.workers import Workers
 from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
+from kernel.time.policies import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning
 from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats
-from kernel.time.triggers import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning, Trigger
+from kernel.time.triggers import Trigger
 
 __all__ = ["ScheduleFeeder"]
 

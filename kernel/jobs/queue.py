@@ -38,8 +38,9 @@ from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import RetryPolicy
 from kernel.serialization import dump_arguments
 from kernel.time.clock import Clock
+from kernel.time.policies import MisfirePolicy, OverlapPolicy
 from kernel.time.scheduler import Schedule, Scheduler
-from kernel.time.triggers import MisfirePolicy, OverlapPolicy, Trigger
+from kernel.time.triggers import Trigger
 
 __all__ = ["JobQueue"]
 

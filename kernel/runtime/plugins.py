@@ -31,8 +31,9 @@ from kernel.errors import PermissionDenied
 from kernel.observe.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
 from kernel.resilience.retry import RetryPolicy
+from kernel.time.policies import MisfirePolicy, OverlapPolicy
 from kernel.time.scheduler import Schedule, Scheduler
-from kernel.time.triggers import MisfirePolicy, OverlapPolicy, Trigger
+from kernel.time.triggers import Trigger
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -380,12 +381,12 @@ class PluginContext:
         with self._timed("notifier", "notify"):
             await self._notifier.notify(f"[{self.name}] {title}", message, level)
 
-    # -- for the supervisor ---------------------------------------------------
+    # -- for the supervisor (at a stop) -----------------------------------------
 
     def _timed(self, port: str, operation: str) -> Any:
         return self.metrics.histogram("adapter_call_seconds", port=port, operation=operation).time()
 
-    def _stop_intake(self) -> None:
+    def stop_intake(self) -> None:
         """No new runs, jobs or messages; runs in progress go on."""
         for schedule in self._schedules:
             schedule.pause()
@@ -394,7 +395,7 @@ class PluginContext:
         if self._queue is not None:
             self._queue.pause(self.name)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         """The start is over: its schedules and tasks are gone for good, and
         jobs still running are interrupted and put back (attempt refunded)."""
         for schedule in self._schedules:
@@ -404,7 +405,7 @@ class PluginContext:
             for task in self._tasks:
                 self._queue.unregister(task)
 
-    async def _wait_runs_done(self) -> None:
+    async def wait_runs_done(self) -> None:
         for schedule in self._schedules:
             await schedule.wait_idle()
         if self._queue is not None:

@@ -210,7 +210,7 @@ class PluginSupervisor:
             try:
                 return await self._watch(ctx, nursery, report)
             finally:
-                ctx._close()
+                ctx.close()
 
     async def _watch(
         self, ctx: PluginContext, nursery: trio.Nursery, report: Callable[[], None]
@@ -246,14 +246,14 @@ class PluginSupervisor:
         return _Outcome.EXITED if exited and not self._stop_requested else _Outcome.STOPPED
 
     async def _stop_gracefully(self, ctx: PluginContext) -> None:
-        ctx._stop_intake()
+        ctx.stop_intake()
         grace = self._services.shutdown_grace
         with trio.move_on_after(grace) as waited:
             try:
                 await self.plugin.on_disable(ctx)
             except Exception:
                 log.exception("plugin %r: on_disable failed", self.name)
-            await ctx._wait_runs_done()
+            await ctx.wait_runs_done()
         self.forced_stop = waited.cancelled_caught
         if self.forced_stop:
             log.warning("plugin %r did not stop within %gs; cancelling it", self.name, grace)

@@ -28,21 +28,18 @@ import attrs
 import trio
 
 from kernel.time.clock import Clock
-from kernel.time.triggers import (
+from kernel.time.policies import (
     MAX_MISSED_SLOTS,
-    AllOf,
     AllowOverlap,
-    AnyOf,
-    Every,
     MisfirePolicy,
     OverlapAction,
     OverlapPolicy,
     RunOnce,
     SkipIfRunning,
-    Trigger,
     decide_overlap,
     plan_misfire,
 )
+from kernel.time.triggers import AllOf, AnyOf, Every, Trigger
 from kernel.time.wheel import Timer, TimerWheel
 
 __all__ = ["Schedule", "ScheduleStats", "Scheduler", "open_scheduler"]

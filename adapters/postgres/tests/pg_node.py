@@ -39,16 +39,16 @@ import trio
 from kernel.jobs.queue import JobQueue
 from kernel.ports import Bus, JSONLike, Subscription
 from kernel.resilience.retry import RetryPolicy
-from kernel.time.scheduler import open_scheduler
-from kernel.time.triggers import (
+from kernel.time.policies import (
     AllowOverlap,
     CatchUp,
-    Every,
     MisfirePolicy,
     OverlapPolicy,
     RunOnce,
     SkipIfRunning,
 )
+from kernel.time.scheduler import open_scheduler
+from kernel.time.triggers import Every
 from kernel_postgres import open_storage
 
 WORK = "work"

@@ -60,30 +60,28 @@ from kernel.errors import (
     StorageClosed,
     StorageError,
 )
-from kernel.jobs._checks import (
-    MAX_CLAIM_LIMIT,
-    MAX_LIST_LIMIT,
-    clean_error_text,
-    utc_datetime,
-    validate_aging,
-    validate_job_id,
-    validate_job_ids,
-    validate_lease,
-    validate_limit,
-    validate_name,
-)
 from kernel.jobs.record import JobRecord, JobState, validate_state
 from kernel.ports import JSON, JobStore, JSONLike, Storage, copy_json
 from kernel.storage.base import (
+    MAX_CLAIM_LIMIT,
+    MAX_LIST_LIMIT,
     check_enqueue,
     claim_order,
+    clean_error_text,
     finished_state,
     from_epoch_micros,
     now_or_wall_clock,
     schedule_state_object,
     to_epoch_micros,
+    utc_datetime,
+    validate_aging,
+    validate_job_id,
+    validate_job_ids,
     validate_key,
     validate_keys,
+    validate_lease,
+    validate_limit,
+    validate_name,
     validate_namespace,
     validate_prefix,
 )
