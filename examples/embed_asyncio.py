@@ -15,8 +15,7 @@ import argparse
 import asyncio
 
 from examples.heartbeat import Heartbeat, stamp
-from kernel import ExitCode, Kernel
-from kernel.runtime.embedding import AsyncioHandle, embed_in_asyncio
+from kernel import AsyncioHandle, ExitCode, Kernel, embed_in_asyncio
 
 
 async def serve_requests(host: AsyncioHandle, seconds: float, every: float) -> None:

@@ -14,8 +14,7 @@ import argparse
 import time
 
 from examples.heartbeat import Heartbeat, stamp
-from kernel import ExitCode, Kernel
-from kernel.runtime.embedding import KernelThread
+from kernel import ExitCode, Kernel, KernelThread
 
 
 def fired(status: dict[str, object]) -> int:

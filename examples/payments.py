@@ -25,10 +25,17 @@ from typing import Any
 
 import attrs
 
-from kernel import Cron, Manifest, Message, Permission, Plugin, PluginContext
-from kernel.resilience.breaker import CircuitBreaker
-from kernel.resilience.retry import RetryPolicy
-from kernel.time.policies import RunOnce
+from kernel import (
+    CircuitBreaker,
+    Cron,
+    Manifest,
+    Message,
+    Permission,
+    Plugin,
+    PluginContext,
+    RetryPolicy,
+    RunOnce,
+)
 
 __all__ = ["FakePaymentProvider", "Payments", "PaymentsConfig", "ProviderDown"]
 
