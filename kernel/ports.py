@@ -401,6 +401,25 @@ class JobStore(Protocol):
         one more attempt; returns them in that order."""
         ...
 
+    async def complete_and_claim(
+        self,
+        queue: str,
+        *,
+        worker: str,
+        now: datetime,
+        completed: Sequence[str] = (),
+        lease: timedelta,
+        limit: int = 0,
+        aging: timedelta | None = None,
+    ) -> tuple[set[str], list[JobRecord]]:
+        """`complete` each of ``completed`` (``finished_at = now``), then
+        `claim` up to ``limit`` (0 to `MAX_CLAIM_LIMIT`) jobs of ``queue``,
+        in one round trip: the workers' hot path, so a store should make it
+        one transaction (SQLite, PostgreSQL) or one script (Redis). Returns
+        the ids it completed (those ``worker`` held) and the claimed jobs,
+        as the two calls would."""
+        ...
+
     async def heartbeat(
         self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
     ) -> set[str]:
@@ -454,10 +473,13 @@ class JobStore(Protocol):
         queue: str | None = None,
         limit: int = 100,
         after_id: str | None = None,
+        payloads: bool = True,
     ) -> list[JobRecord]:
         """Up to ``limit`` jobs (filtered by ``state`` and ``queue``) in id
         order, starting after ``after_id``: pass the last id of a page to get
-        the next (keyset paging, stable under concurrent writes)."""
+        the next (keyset paging, stable under concurrent writes). With
+        ``payloads=False`` the records' ``args`` and ``kwargs`` are empty and
+        the store need not read them (a listing that shows none)."""
         ...
 
     async def retry_dead(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
