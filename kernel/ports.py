@@ -69,6 +69,7 @@ __all__ = [
     "Notification",
     "Notifier",
     "Storage",
+    "SubscriberAware",
     "Subscription",
     "Trigger",
     "copy_json",
@@ -232,6 +233,18 @@ class Bus(Protocol):
 
     async def aclose(self) -> None:
         """End every subscription and release the backend; idempotent."""
+        ...
+
+
+@runtime_checkable
+class SubscriberAware(Protocol):
+    """A bus that can tell whether anyone subscribes to a topic (the local
+    bus can; a bus shared between processes cannot know), so that senders
+    of frequent events skip building them for nobody. Optional."""
+
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether a message published on ``topic`` now would reach a
+        subscriber; cheap enough to ask for every message."""
         ...
 
 

@@ -154,6 +154,7 @@ SURFACE: dict[str, list[str]] = {
         "Notification",
         "Notifier",
         "Storage",
+        "SubscriberAware",
         "Subscription",
         "Trigger",
         "copy_json",
