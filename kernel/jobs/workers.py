@@ -517,7 +517,7 @@ class Workers:
         decision = policy.decide(job.attempts, error)
         now = self.clock.now()
         if decision.outcome is Outcome.RETRY:
-            run_at = now + policy.delay(job.attempts, self.rng)
+            run_at = now + policy.delay(job.attempts, self.rng, error)
             text = f"{decision.reason}\n{_format(error)}"
             if await self.store.retry_later(job.id, worker=self.worker, error=text, run_at=run_at):
                 if self.metrics is not None:
