@@ -17,7 +17,8 @@ kernel use it as they would one adapter. Until `run` hands it the job queue
 works on its own. `run` also sends each route's digest of what noise
 control held back when it is due, and reports each route's health: a
 notifier whose deliveries failed three times in a row is degraded, with the
-last error as the reason, until one succeeds.
+last error as the reason, until one succeeds (and is not sent the health
+notifications meanwhile: it would only fail again).
 """
 
 from __future__ import annotations
@@ -75,10 +76,14 @@ class RouteState:
     def label(self) -> str:
         return self.route.label
 
+    @property
+    def degraded(self) -> bool:
+        return self.failures >= FAILURES_TO_DEGRADE
+
     def health(self) -> HealthReport:
         """Degraded after `FAILURES_TO_DEGRADE` failed deliveries in a row."""
         details = {"delivered": self.delivered, "failures_in_a_row": self.failures}
-        if self.failures >= FAILURES_TO_DEGRADE:
+        if self.degraded:
             return HealthReport.degraded(
                 f"{self.failures} deliveries in a row failed; last: {self.last_error}", **details
             )
@@ -122,6 +127,8 @@ class FanoutNotifier:
         for state in self.routes:
             if not state.route.covers(level, context):
                 continue
+            if context.topic == "health" and state.degraded:
+                continue  # it is the likely cause, and would only fail again
             if not state.noise.admit(key, title, level, now):
                 log.debug("held back for %s: %s", state.label, title)
                 self._changed.set()
@@ -129,11 +136,17 @@ class FanoutNotifier:
             try:
                 await self._send(state, notification, context, dedup=key)
             except Exception as error:
-                log.warning("notification to %s failed: %s", state.label, error)
+                log.warning("%s", error)
                 failed.append((state.label, error))
+        if len(failed) == 1:
+            raise failed[0][1]
         if failed:
             labels = ", ".join(label for label, _ in failed)
-            raise NotificationFailed(labels, str(failed[0][1])) from failed[0][1]
+            reasons = "; ".join(
+                error.reason if isinstance(error, NotificationFailed) else str(error)
+                for _, error in failed
+            )
+            raise NotificationFailed(labels, reasons) from failed[0][1]
 
     async def aclose(self) -> None:
         """Close every route's notifier (each once, even if one fails)."""
