@@ -51,7 +51,11 @@ from kernel.bus.topics import (
 )
 from kernel.errors import InvalidNotification
 from kernel.jobs.record import JobRecord, JobState
-from kernel.notifier.context import NotificationContext, current_notification_context
+from kernel.notifier.context import (
+    NotificationContext,
+    current_notification_context,
+    notification_context,
+)
 from kernel.serialization import JSON, MAX_JSON_DEPTH, JSONLike, copy_json
 from kernel.time.triggers import Trigger
 from kernel.urls import redact_url, url_options, url_scheme
@@ -77,6 +81,7 @@ __all__ = [
     "Trigger",
     "copy_json",
     "current_notification_context",
+    "notification_context",
     "redact_url",
     "segments_match",
     "topic_matches",

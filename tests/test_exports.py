@@ -162,6 +162,7 @@ SURFACE: dict[str, list[str]] = {
         "Trigger",
         "copy_json",
         "current_notification_context",
+        "notification_context",
         "redact_url",
         "segments_match",
         "topic_matches",
