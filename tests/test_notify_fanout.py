@@ -36,7 +36,7 @@ from kernel.jobs.queue import JobQueue
 from kernel.notifier.context import notification_context
 from kernel.notifier.fanout import FanoutNotifier, RouteState, open_fanout_notifier
 from kernel.notifier.noise import NoiseFilter
-from kernel.notifier.outbox import QUEUE, TASK
+from kernel.notifier.outbox import QUEUE, TASK, delivery_policy
 from kernel.notifier.routing import routes_from
 from kernel.ports import (
     JobState,
@@ -412,3 +412,18 @@ async def test_a_crash_loop_sends_exactly_one_disabled_notification_to_each_noti
     (failure,) = [sent for sent in ops.sent if sent[0] == "plugin crashy failed"]
     assert failure[2] is Level.error
     assert (failure[3].topic, failure[3].plugin) == ("plugin.failed", "crashy")
+
+
+async def test_a_delivery_whose_notifier_is_gone_is_a_dead_letter_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """A stored delivery names its notifier; one no longer configured (renamed
+    or removed from the config) is not retried."""
+    async with kernel(notifier=fanout((NotifyRoute("fake://x", name="new"), Remote()))) as k:
+        await k.queue.enqueue(
+            TASK, "old", "t", "m", "info", {}, queue=QUEUE, retry=delivery_policy(8)
+        )
+        await trio.sleep(10)
+        (dead,) = await k.queue.dead_letters()
+    assert dead.attempts == 1
+    assert "no notifier 'old' is configured (configured: new)" in (dead.last_error or "")
