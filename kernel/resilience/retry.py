@@ -41,10 +41,22 @@ import attrs
 
 from kernel.errors import InvalidRetryPolicy
 
-__all__ = ["Backoff", "Decision", "Jitter", "Outcome", "RetryPolicy"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Backoff",
+    "Decision",
+    "Jitter",
+    "Outcome",
+    "RetryPolicy",
+    "retry_after_of",
+]
 
 _ONE_SECOND: Final = timedelta(seconds=1)
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+MAX_RETRY_AFTER: Final = timedelta(days=1)
+"""The longest wait a ``retry_after`` can impose: a service asking for more
+is taken to be wrong (or hostile), not obeyed for a week."""
 
 
 class Jitter(enum.Enum):
@@ -227,14 +239,11 @@ class RetryPolicy:
         failed) before the next attempt, jittered with ``rng``.
 
         Microsecond resolution; never negative, never above ``max_delay``,
-        except that an ``error`` carrying ``retry_after`` waits at least that.
-        A seeded ``rng`` gives the same delays every time.
+        except that an ``error`` carrying a ``retry_after`` (what a service's
+        HTTP ``Retry-After`` asked for, see `retry_after_of`) sets a floor:
+        asking again sooner would only be refused again. A seeded ``rng``
+        gives the same delays every time.
         """
-        floor = _retry_after(error)
-        jittered = self._jittered(attempt, rng)
-        return jittered if floor is None or floor <= jittered else floor
-
-    def _jittered(self, attempt: int, rng: random.Random) -> timedelta:
         base_us = self.base_delay(attempt) // _ONE_MICROSECOND
         if self.jitter is Jitter.NONE:
             delay_us = base_us
@@ -243,6 +252,9 @@ class RetryPolicy:
         else:
             half_us = (base_us + 1) // 2  # rounded up: never below base/2
             delay_us = half_us + rng.randint(0, base_us - half_us)
+        floor = None if error is None else retry_after_of(error)
+        if floor is not None:
+            delay_us = max(delay_us, floor // _ONE_MICROSECOND)
         return timedelta(microseconds=delay_us)
 
     # -- the decision ----------------------------------------------------------------
@@ -333,6 +345,34 @@ class RetryPolicy:
 
 
 _JSON_KEYS: Final = frozenset(attrs.fields_dict(RetryPolicy))
+
+
+def retry_after_of(error: BaseException) -> timedelta | None:
+    """How long ``error`` says to wait before trying again, or None.
+
+    Read from an attribute ``retry_after`` (seconds as a number, or a
+    `timedelta`) on the error or, for an exception group, the longest of its
+    leaves': what an adapter sets from a service's ``Retry-After`` (RFC 9110
+    section 10.2.3), as `kernel.errors.NotificationFailed` does. A value that
+    is not a finite, non-negative duration is ignored; one above
+    `MAX_RETRY_AFTER` is cut to it.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        found = [retry_after_of(leaf) for leaf in error.exceptions]
+        waits = [wait for wait in found if wait is not None]
+        return max(waits) if waits else None
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, timedelta):
+        seconds: object = value.total_seconds()
+    else:
+        seconds = value
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    if seconds >= MAX_RETRY_AFTER.total_seconds():
+        return MAX_RETRY_AFTER
+    return timedelta(microseconds=round(seconds * 1_000_000))
 
 
 def _check_attempt(attempt: int) -> None:
@@ -437,16 +477,6 @@ def _loaded_class(field: str, name: object) -> type[BaseException] | None:
         if isinstance(found, type):
             raise _fail(field, name, "is not an exception class")
         return None
-    return None
-
-
-def _retry_after(error: BaseException | None) -> timedelta | None:
-    """The wait a service asked for (``Retry-After``), if ``error`` says one."""
-    value = getattr(error, "retry_after", None)
-    if isinstance(value, timedelta):
-        return value if value > timedelta(0) else None
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return timedelta(seconds=value) if value > 0 else None
     return None
 
 
