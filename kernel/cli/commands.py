@@ -161,6 +161,10 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
             notifier=settings.notifiers,
             shutdown_grace=settings.shutdown_grace.total_seconds(),
             health_interval=settings.health_interval.total_seconds(),
+            job_lease=settings.job_lease,
+            job_heartbeat=settings.job_heartbeat,
+            loop_stall=settings.loop_stall.total_seconds(),
+            unknown_task_grace=settings.unknown_task_grace,
         )
     except KernelError as error:
         raise click.UsageError(str(error)) from None

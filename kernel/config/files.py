@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from kernel.config._messages import BadValue, join_key_path, unknown_key_reason
+from kernel.config._messages import BadValue, format_duration, join_key_path, unknown_key_reason
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
 from kernel.notifier.routing import NotifyRoute, routes_from
@@ -60,6 +60,13 @@ def _positive_duration(_: object, attribute: attrs.Attribute[Any], value: object
         raise BadValue("a positive duration", value)
 
 
+def _under_the_lease(instance: Any, _attribute: object, value: datetime.timedelta) -> None:
+    if value >= instance.job_lease:
+        raise BadValue(
+            f"a duration shorter than job_lease ({format_duration(instance.job_lease)})", value
+        )
+
+
 def _plugin_reference(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value or value != value.strip() or value.count(":") > 1:
         raise BadValue("an entry-point name or 'package.module:attribute'", value)
@@ -101,12 +108,32 @@ class KernelSettings:
     health_interval: datetime.timedelta = attrs.field(
         default=datetime.timedelta(seconds=30), validator=_positive_duration
     )
+    #: How long a claimed job is this kernel's without a renewal, and how
+    #: often running jobs' leases are renewed (well under the lease).
+    job_lease: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=30), validator=_positive_duration
+    )
+    job_heartbeat: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=10), validator=[_positive_duration, _under_the_lease]
+    )
+    #: How long the event loop may be blocked before the watchdog warns.
+    loop_stall: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=1), validator=_positive_duration
+    )
+    #: How long jobs of a task no plugin registers wait before they are buried.
+    unknown_task_grace: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(hours=1), validator=_positive_duration
+    )
     #: The Unix socket `kernel status` talks to; ``None`` (the default) opens none.
     status_socket: Path | None = None
     log_level: LogLevel = "info"
 
     def __attrs_post_init__(self) -> None:
         routes_from(self.notifiers)  # two notifiers with one label are an error
+        if self.job_heartbeat >= self.job_lease:
+            raise BadValue(
+                f"a job_heartbeat shorter than job_lease ({self.job_lease})", self.job_heartbeat
+            )
 
     @property
     def notifiers(self) -> list[str | NotifyRoute]:

@@ -136,7 +136,8 @@ class Kernel:
     long the event loop may be blocked before the watchdog warns and the
     ``loop`` health check turns degraded (None: no watchdog);
     ``unknown_task_grace`` how long a task may stay unknown before its jobs
-    are buried (`JobQueue`).
+    are buried, ``job_lease`` and ``job_heartbeat`` how long a claimed job
+    is ours without a renewal and how often leases are renewed (`JobQueue`).
     """
 
     def __init__(
@@ -153,6 +154,8 @@ class Kernel:
         health_interval: float = 30.0,
         loop_stall: float | None = 1.0,
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        job_lease: timedelta = timedelta(seconds=30),
+        job_heartbeat: timedelta = timedelta(seconds=10),
     ) -> None:
         self.specs = [p if isinstance(p, PluginSpec) else PluginSpec(p) for p in plugins]
         self.metrics = Metrics()
@@ -165,6 +168,7 @@ class Kernel:
         self._enable_timeout = enable_timeout
         self._health_interval = health_interval
         self._unknown_task_grace = unknown_task_grace
+        self._lease = (job_lease, job_heartbeat)
         self.watchdog = (
             None
             if loop_stall is None
@@ -244,6 +248,8 @@ class Kernel:
                 bus=bus,
                 metrics=self.metrics,
                 unknown_task_grace=self._unknown_task_grace,
+                lease=self._lease[0],
+                heartbeat=self._lease[1],
             )
             await nursery.start(queue.run)
             if self.watchdog is not None:

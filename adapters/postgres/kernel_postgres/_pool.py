@@ -101,9 +101,14 @@ class Database:
         before ``work`` starts, never in the middle (trio waits for the
         thread), so what ``work`` sends is whole or absent."""
         self.check_open()
-        return await trio.to_thread.run_sync(self._run, work, idempotent, limiter=self.limiter)
+        return await trio.to_thread.run_sync(
+            self.run_blocking, work, idempotent, limiter=self.limiter
+        )
 
-    def _run(self, work: Callable[[Connection], T], idempotent: bool) -> T:
+    def run_blocking(self, work: Callable[[Connection], T], idempotent: bool = False) -> T:
+        """`run` in the calling thread, which blocks: for a thread of the
+        caller's own, such as the lease keeper's (outside trio's limiter, so
+        it may wait for a connection up to the pool's timeout)."""
         attempts = self.pool.max_size + 1
         for attempt in range(attempts):
             self.check_open()

@@ -886,6 +886,20 @@ class PostgresStorage:
         )
         return {row[0] for row in rows}
 
+    def renew_leases_blocking(
+        self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
+    ) -> set[str]:
+        """`heartbeat` from any thread, blocking it (`kernel.jobs.leases`
+        renews from its keeper thread while the event loop is blocked)."""
+        ids = sorted(set(validate_job_ids(job_ids)))
+        validate_name("worker", worker)
+        until_us = to_epoch_micros(utc_datetime(lease_until, field="lease_until"))
+        self._db.check_open()
+        if not ids:
+            return set()
+        rows = self._db.run_blocking(_rows(self._sql.heartbeat, (until_us, ids, worker)), True)
+        return {row[0] for row in rows}
+
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
         validate_name("worker", worker)

@@ -8,6 +8,7 @@ thread. Times are integer microseconds since the Unix epoch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -319,6 +320,26 @@ def claim_jobs(connection: sqlite3.Connection, claim: Claim) -> list[Any]:
         return []
     sql = _CLAIM_SEQS.format(marks=marks(len(seqs)), columns=JOB_COLUMNS)
     return connection.execute(sql, (*params, *seqs)).fetchall()
+
+
+def renew_leases(
+    connection: sqlite3.Connection, ids: Sequence[str], worker: str, until_us: int
+) -> set[str]:
+    """Move the leases of the jobs ``worker`` holds among ``ids``; which it holds."""
+    held: set[str] = set()
+    several = len(ids) > BATCH
+    with immediate(connection) if several else contextlib.nullcontext():
+        for batch in batches(ids):
+            held.update(
+                job_id
+                for (job_id,) in connection.execute(
+                    "UPDATE kernel_jobs SET lease_expires_at = ? "
+                    "WHERE state = 'running' AND worker = ? "
+                    f"AND id IN ({marks(len(batch))}) RETURNING id",
+                    (until_us, worker, *batch),
+                ).fetchall()
+            )
+    return held
 
 
 def claim_in_transaction(connection: sqlite3.Connection, claim: Claim) -> list[Any]:

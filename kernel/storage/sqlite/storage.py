@@ -48,6 +48,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -86,7 +87,6 @@ from kernel.storage.base import (
     validate_prefix,
 )
 from kernel.storage.sqlite._sql import (
-    BATCH,
     HELD,
     INSERT_JOB,
     JOB_COLUMNS,
@@ -106,11 +106,12 @@ from kernel.storage.sqlite._sql import (
     marks,
     prefix_end,
     reap_expired_jobs,
+    renew_leases,
     requeue_dead,
     select_job,
 )
-from kernel.storage.sqlite._url import Synchronous, parse_sqlite_url
-from kernel.storage.sqlite.schema import MIGRATIONS, connect, immediate, version_of
+from kernel.storage.sqlite._url import MEMORY, Synchronous, parse_sqlite_url
+from kernel.storage.sqlite.schema import MIGRATIONS, connect, version_of
 
 __all__ = ["SQLiteStorage", "open_sqlite_storage", "upgrade_sqlite_storage"]
 
@@ -155,6 +156,9 @@ class SQLiteStorage:
     location: str
     """The absolute path of the file, or ``":memory:"``: what messages name."""
     _connection: sqlite3.Connection | None = attrs.field(alias="connection")
+    busy_timeout: float = 5.0
+    """Seconds a statement waits for another process's write lock."""
+    _lease_connections: threading.local = attrs.field(factory=threading.local, init=False)
     _limiter: trio.CapacityLimiter = attrs.field(
         factory=lambda: trio.CapacityLimiter(1), init=False
     )
@@ -186,7 +190,7 @@ class SQLiteStorage:
         connection, location = await trio.to_thread.run_sync(
             connect, path, synchronous, busy_timeout
         )
-        return cls(location, connection=connection)
+        return cls(location, connection=connection, busy_timeout=busy_timeout)
 
     async def __aenter__(self) -> SQLiteStorage:
         return self
@@ -387,24 +391,36 @@ class SQLiteStorage:
         ids = sorted(set(validate_job_ids(job_ids)))
         validate_name("worker", worker)
         until_us = to_epoch_micros(utc_datetime(lease_until, field="lease_until"))
+        return await self._call(
+            functools.partial(renew_leases, ids=ids, worker=worker, until_us=until_us)
+        )
 
-        def work(connection: sqlite3.Connection) -> set[str]:
-            held: set[str] = set()
-            several = len(ids) > BATCH
-            with immediate(connection) if several else contextlib.nullcontext():
-                for batch in batches(ids):
-                    held.update(
-                        job_id
-                        for (job_id,) in connection.execute(
-                            "UPDATE kernel_jobs SET lease_expires_at = ? "
-                            "WHERE state = 'running' AND worker = ? "
-                            f"AND id IN ({marks(len(batch))}) RETURNING id",
-                            (until_us, worker, *batch),
-                        ).fetchall()
-                    )
-            return held
-
-        return await self._call(work)
+    def renew_leases_blocking(
+        self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
+    ) -> set[str]:
+        """`heartbeat` from any thread, on a connection of that thread's own
+        (`kernel.jobs.leases.LeaseRenewer`): what keeps leases while the event
+        loop is blocked. An in-memory database has no other process that
+        could reap, so it answers that every job is still held."""
+        ids = sorted(set(validate_job_ids(job_ids)))
+        validate_name("worker", worker)
+        until_us = to_epoch_micros(utc_datetime(lease_until, field="lease_until"))
+        if self._closed:
+            raise StorageClosed(f"the SQLite storage {self.location} is closed")
+        if self.location == MEMORY:
+            return set(ids)
+        connection: sqlite3.Connection | None = getattr(self._lease_connections, "connection", None)
+        try:
+            if connection is None:
+                connection = sqlite3.connect(
+                    self.location, timeout=self.busy_timeout, isolation_level=None
+                )
+                self._lease_connections.connection = connection
+            return renew_leases(connection, ids, worker, until_us)
+        except sqlite3.Error as error:
+            raise StorageError(
+                f"SQLite database {self.location}: {type(error).__name__}: {error}"
+            ) from error
 
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
