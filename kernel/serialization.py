@@ -198,6 +198,8 @@ def dump_arguments(
 ) -> tuple[list[JSON], dict[str, JSON]]:
     """``args`` and ``kwargs`` as private JSON, unstructured by `converter`;
     `kernel.errors.NotJSONSerializable` names what cannot be stored."""
+    if not args and not kwargs:
+        return [], {}
     dumped_args = copy_json([converter.unstructure(value) for value in args], path="args")
     dumped_kwargs = copy_json(
         {key: converter.unstructure(value) for key, value in kwargs.items()}, path="kwargs"

@@ -1,7 +1,9 @@
 """One attempt of one job: the checks before the call, the call, and what to
 store after it.
 
-`JobRunner.attempt` is what a worker does with a claimed job. Before the
+`JobRunner` does what a worker does with a claimed job, in three steps
+(`prepare`, `call`, `finish`) so that the call alone runs under the
+worker's cancel scope (one per worker, not one per job). Before the
 call: is the task known here (a job of a task this process does not know
 *yet* waits for it; only one that stays unknown past a documented grace is
 buried), do its arguments still fit, does its stored retry policy still
@@ -45,7 +47,7 @@ from kernel.resilience.retry import Backoff, Outcome, RetryPolicy
 from kernel.serialization import load_arguments
 from kernel.time.scheduler import Scheduler, ScheduleStats
 
-__all__ = ["BREAKER_FLOOR", "UNKNOWN_TASK_GRACE", "JobRunner", "Run", "Verdict"]
+__all__ = ["BREAKER_FLOOR", "UNKNOWN_TASK_GRACE", "JobRunner", "Plan", "Run", "Verdict"]
 
 log = logging.getLogger("kernel.queue")
 
@@ -72,13 +74,13 @@ class Verdict(enum.Enum):
 
 @attrs.define(eq=False)
 class Run:
-    """A claimed job on its way through a worker."""
+    """A claimed job on its way through a worker. ``scope`` is the worker's
+    cancel scope while the job's call runs in it, else None."""
 
     job: JobRecord
     scope: trio.CancelScope | None = None
     lost: bool = False  # cancelled, or our lease was lost: store nothing for it
     release: bool = False  # interrupted by a stop: give the attempt back
-    settling: bool = False  # the call is over; its outcome is being stored
 
     def cancel(self, *, release: bool) -> None:
         """Stop the run: ``release`` to give the attempt back (a stop),
@@ -87,20 +89,34 @@ class Run:
             self.release = True
         else:
             self.lost = True
-        if self.scope is not None and not self.settling:
+        if self.scope is not None:
             self.scope.cancel()
-
-
-@attrs.define(eq=False)
-class _Unknown:
-    since: float  # trio time this process first met the task unknown
-    seen: int = 0  # jobs put back so far
 
 
 @attrs.define(eq=False)
 class _TaskMetrics:
     run_seconds: Any
     lateness: Any
+
+
+@attrs.define(eq=False)
+class Plan:
+    """What `JobRunner.prepare` found for a job about to be called."""
+
+    spec: TaskSpec
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    policy: RetryPolicy
+    timeout: float | None
+    stats: ScheduleStats | None
+    metrics: _TaskMetrics | None
+    started: float = 0.0
+
+
+@attrs.define(eq=False)
+class _Unknown:
+    since: float  # trio time this process first met the task unknown
+    seen: int = 0  # jobs put back so far
 
 
 class JobRunner:
@@ -135,13 +151,16 @@ class JobRunner:
 
     # -- one attempt -------------------------------------------------------------
 
-    async def attempt(self, run: Run) -> Verdict:
-        """Check, call and judge ``run``'s job (see the module docstring)."""
+    async def prepare(self, run: Run) -> Plan | Verdict:
+        """The checks before the call (see the module docstring): a `Plan` to
+        call, or the `Verdict` of a job that is not to run now (its outcome
+        stored here)."""
         job = run.job
         spec = self.registry.get(job.task)
         if spec is None:
             return await self._unknown_task(job)
-        self._unknown.pop(job.task, None)
+        if self._unknown:
+            self._unknown.pop(job.task, None)
         try:
             args, kwargs = load_arguments(spec.func, job.args, job.kwargs)
         except PayloadError as unfit:
@@ -149,9 +168,8 @@ class JobRunner:
         try:
             policy = self._policy(job, spec)
         except InvalidRetryPolicy as unreadable:
-            return await self.bury(
-                job, f"its stored retry policy does not read: {unreadable}", None
-            )
+            reason = f"its stored retry policy does not read: {unreadable}"
+            return await self.bury(job, reason, None)
         if job.attempts > policy.max_attempts:
             # put back by reap_expired after its last attempt: nothing is left
             reason = f"max attempts ({policy.max_attempts}) reached: {job.last_error}"
@@ -168,7 +186,6 @@ class JobRunner:
             if breaker is not None:
                 breaker.release()
             return await self.release(job, timedelta(seconds=wait_s))
-        timeout = job.timeout if job.timeout is not None else spec.timeout
         task_metrics = self._metrics_of(job.task)
         if job.fire_time is not None and task_metrics is not None:
             late = (self.scheduler.clock.now() - job.fire_time).total_seconds()
@@ -178,32 +195,45 @@ class JobRunner:
         stats = self._stats_of(job) if job.schedule is not None else None
         if stats is not None:
             stats.started += 1
-        started = trio.current_time()
-        error: BaseException | None = None
-        scope = run.scope = trio.CancelScope()
-        if timeout is not None:
-            scope.deadline = started + timeout
-        try:
-            with scope:
-                await _call(spec, args, kwargs)
-        except Exception as exc:
-            error = exc
-        except BaseException:
-            if breaker is not None:
-                breaker.release()
-            raise
-        finally:
-            run.settling = True
-        elapsed = trio.current_time() - started
-        if task_metrics is not None:
-            task_metrics.run_seconds.observe(elapsed)
+        timeout = job.timeout if job.timeout is not None else spec.timeout
+        return Plan(spec, args, kwargs, policy, timeout, stats, task_metrics)
+
+    async def call(self, plan: Plan) -> None:
+        """The call itself: run under the worker's cancel scope, which carries
+        the timeout and a cancellation (`Run.cancel`)."""
+        plan.started = trio.current_time()
+        spec = plan.spec
+        if spec.blocking:
+            result = await trio.to_thread.run_sync(
+                functools.partial(spec.func, *plan.args, **plan.kwargs), abandon_on_cancel=True
+            )
+        else:
+            result = spec.func(*plan.args, **plan.kwargs)
+        if inspect.isawaitable(result):
+            await result
+
+    async def finish(
+        self, run: Run, plan: Plan, error: BaseException | None, *, cut_short: bool
+    ) -> Verdict:
+        """Judge the call and store what must be (a success is the caller's
+        to store, batched): ``cut_short`` when the worker's scope cancelled it
+        (a timeout, or `Run.cancel`)."""
+        job = run.job
+        elapsed = trio.current_time() - plan.started
+        if plan.metrics is not None:
+            plan.metrics.run_seconds.observe(elapsed)
+        breaker = plan.spec.breaker
         interrupted = run.release or run.lost
-        if timeout is not None and not interrupted and scope.cancel_called and error is None:
-            # the deadline passed: cut short, or it could not be cancelled and
-            # ran over (a thread it did not let be abandoned): timed out either way
+        timeout = plan.timeout
+        overran = timeout is not None and (cut_short or elapsed > timeout)
+        if overran and not interrupted and error is None:
+            # cut short at the deadline, or it could not be cancelled and ran
+            # over (a thread it did not let be abandoned): timed out either way
+            assert timeout is not None
             error = JobTimedOut(job.id, job.task, timeout)
-            if not scope.cancelled_caught:
-                error.add_note(_overran(spec, elapsed, timeout))
+            if elapsed > timeout + max(0.05, timeout / 10):  # it could not be cut short
+                error.add_note(_overran(plan.spec, elapsed, timeout))
+        stats = plan.stats
         if stats is not None:
             if interrupted:
                 stats.cancelled += 1
@@ -229,7 +259,7 @@ class JobRunner:
                 breaker.record_failure()
             else:
                 breaker.record_success()
-        return await self._failed(job, policy, error)
+        return await self._failed(job, plan.policy, error)
 
     def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
         if job.retry is not None:
@@ -397,20 +427,6 @@ class JobRunner:
                 self.metrics.histogram("schedule_lateness_seconds", task=task),
             )
         return found
-
-
-async def _call(spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Run the task on the job's arguments: awaited if async, in a worker
-    thread (abandoned when cancelled) if registered ``blocking``, else on the
-    trio thread."""
-    if spec.blocking:
-        result = await trio.to_thread.run_sync(
-            functools.partial(spec.func, *args, **kwargs), abandon_on_cancel=True
-        )
-    else:
-        result = spec.func(*args, **kwargs)
-    if inspect.isawaitable(result):
-        await result
 
 
 def _overran(spec: TaskSpec, elapsed: float, timeout: float) -> str:

@@ -346,25 +346,30 @@ class JobQueue:
             when = utc_datetime(run_at, field="run_at")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        # the id, the times and the arguments are made here, so only what the
+        # caller gave needs checking (dump_arguments made the arguments the
+        # job's own JSON)
         changes: dict[str, object] = {
             "id": new_job_id(),
             "run_at": when,
             "enqueued_at": now,
-            "priority": priority,
+            "args": checked_args,
+            "kwargs": checked_kwargs,
         }
+        given: dict[str, object] = {}
+        if priority != 0:
+            given["priority"] = priority
         if queue is not None:
-            changes["queue"] = queue
+            given["queue"] = queue
         if dedup_key is not None:
-            changes["dedup_key"] = dedup_key
+            given["dedup_key"] = dedup_key
         if timeout is not None:
-            changes["timeout"] = positive_seconds("timeout", timeout)
+            given["timeout"] = positive_seconds("timeout", timeout)
         if retry is not None:
-            changes["retry"] = retry.to_json()
-        record = derive_record(
-            self._registry.template(spec.name),
-            # dump_arguments made the arguments the job's own JSON
-            {**check_fields(**changes), "args": checked_args, "kwargs": checked_kwargs},
-        )
+            given["retry"] = retry.to_json()
+        if given:
+            changes.update(check_fields(**given))
+        record = derive_record(self._registry.template(spec.name), changes)
         self._workers.ensure(record.queue)  # a new queue gets a worker before the job exists
         stored, created = await self.store.enqueue(record)
         if created:

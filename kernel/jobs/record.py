@@ -364,7 +364,6 @@ def _parse_iso(field: str, value: object) -> datetime:
 # ---------------------------------------------------------------------------
 
 _RECORD_FIELDS = tuple(field.name for field in attrs.fields(JobRecord))
-_set_slot = object.__setattr__
 _new_record = object.__new__
 
 
@@ -378,61 +377,35 @@ def clone_json(value: JSON) -> JSON:
     return value
 
 
-def derive_record(record: JobRecord, changes: Mapping[str, object]) -> JobRecord:
-    """``attrs.evolve`` without the converters, for records whose fields (and
-    the ``changes``) are already checked: a job changes state five or six
-    times, and re-checking and re-copying every field each time cost more
-    than the rest of the store. Spelled out field by field (twice as fast as
-    a loop over the fields; `_DERIVED_FIELDS` keeps it complete)."""
-    get = changes.get
-    new = _new_record(JobRecord)
-    _set_slot(new, "id", get("id", record.id))
-    _set_slot(new, "task", get("task", record.task))
-    _set_slot(new, "args", get("args", record.args))
-    _set_slot(new, "kwargs", get("kwargs", record.kwargs))
-    _set_slot(new, "queue", get("queue", record.queue))
-    _set_slot(new, "priority", get("priority", record.priority))
-    _set_slot(new, "run_at", get("run_at", record.run_at))
-    _set_slot(new, "enqueued_at", get("enqueued_at", record.enqueued_at))
-    _set_slot(new, "dedup_key", get("dedup_key", record.dedup_key))
-    _set_slot(new, "timeout", get("timeout", record.timeout))
-    _set_slot(new, "retry", get("retry", record.retry))
-    _set_slot(new, "attempts", get("attempts", record.attempts))
-    _set_slot(new, "state", get("state", record.state))
-    _set_slot(new, "worker", get("worker", record.worker))
-    _set_slot(new, "lease_expires_at", get("lease_expires_at", record.lease_expires_at))
-    _set_slot(new, "last_error", get("last_error", record.last_error))
-    _set_slot(new, "finished_at", get("finished_at", record.finished_at))
-    _set_slot(new, "schedule", get("schedule", record.schedule))
-    _set_slot(new, "fire_time", get("fire_time", record.fire_time))
-    _set_slot(new, "headers", get("headers", record.headers))
-    return new
+def _make_derive() -> Callable[[JobRecord, Mapping[str, object]], JobRecord]:
+    """Write `derive_record` out field by field, as attrs writes its
+    ``__init__``: a straight line of slot stores runs about a third faster
+    than a loop over the fields, and it cannot miss a field."""
+    slots = {name: JobRecord.__dict__[name].__set__ for name in _RECORD_FIELDS}
+    lines = [
+        "def derive_record(record, changes):",
+        "    new = new_record(JobRecord)",
+        *(f"    set_{name}(new, record.{name})" for name in _RECORD_FIELDS),
+        "    for name, value in changes.items():",
+        "        slots[name](new, value)",
+        "    return new",
+    ]
+    namespace: dict[str, object] = {
+        "new_record": _new_record,
+        "JobRecord": JobRecord,
+        "slots": slots,
+        **{f"set_{name}": setter for name, setter in slots.items()},
+    }
+    exec("\n".join(lines), namespace)
+    derive = namespace["derive_record"]
+    derive.__doc__ = """``attrs.evolve`` without the converters, for records whose fields (and
+    the ``changes``, each a field name) are already checked: a job changes
+    state five or six times, and re-checking and re-copying every field each
+    time cost more than the rest of the store."""
+    return derive  # type: ignore[return-value]
 
 
-_DERIVED_FIELDS = (
-    "id",
-    "task",
-    "args",
-    "kwargs",
-    "queue",
-    "priority",
-    "run_at",
-    "enqueued_at",
-    "dedup_key",
-    "timeout",
-    "retry",
-    "attempts",
-    "state",
-    "worker",
-    "lease_expires_at",
-    "last_error",
-    "finished_at",
-    "schedule",
-    "fire_time",
-    "headers",
-)
-if _DERIVED_FIELDS != _RECORD_FIELDS:  # pragma: no cover - a field added to JobRecord only
-    raise AssertionError("derive_record must set every JobRecord field")
+derive_record = _make_derive()
 
 
 _CONVERTERS: dict[str, Callable[[object], object]] = {

@@ -42,7 +42,7 @@ import trio
 
 from kernel.errors import InvalidJob, StorageError
 from kernel.jobs._checks import validate_name
-from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Run, Verdict
+from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Plan, Run, Verdict
 from kernel.jobs.events import JobEvents
 from kernel.jobs.leases import LeaseKeeper, reap_expired
 from kernel.jobs.rate import RateLimit, RateWindow
@@ -90,6 +90,15 @@ class QueueConfig:
     @property
     def ahead(self) -> int:
         return self.concurrency // 4 if self.prefetch is None else self.prefetch
+
+
+@attrs.define(eq=False)
+class _Current:
+    """The job a worker has in hand, and how far it got."""
+
+    run: Run
+    plan: Plan | None = None
+    error: Exception | None = None
 
 
 @attrs.define(eq=False)
@@ -477,43 +486,89 @@ class Workers:
                 self._arm(state, deadline, due)
 
     async def _work(self, state: _QueueState, index: int) -> None:
-        """One worker: run jobs from the buffer until there are fewer
-        workers wanted than ``index + 1``."""
+        """One worker: run jobs from the buffer until fewer workers than
+        ``index + 1`` are wanted. The job's call runs under the worker's
+        cancel scope (its timeout is the scope's deadline; `Run.cancel`
+        cancels it); a cancelled scope is left, the job judged outside it,
+        and a new scope entered: a scope per worker, not per job."""
         runner = self.runner
+        current: _Current | None = None
         try:
             while True:
-                while not state.buffer:
-                    if index >= state.config.concurrency:
-                        return
-                    await state.ready.park()
-                if index >= state.config.concurrency:
-                    state.ready.unpark()  # hand the job on to a worker that stays
-                    return
-                job = state.buffer.popleft()
-                run = Run(job)
-                state.running[job.id] = run
-                if state.gauge is not None:
-                    state.gauge.set(len(state.running))
-                try:
-                    verdict = await runner.attempt(run)
-                except BaseException:
-                    if not run.lost:
-                        # shutdown: the attempt was interrupted, not failed
-                        await runner.release(job, timedelta(0))
-                    raise
-                finally:
-                    del state.running[job.id]
-                    if state.gauge is not None:
-                        state.gauge.set(len(state.running))
-                if verdict is Verdict.SUCCEEDED:
-                    state.completed.append(job)
-                elif verdict is Verdict.DROPPED:
-                    self.leases.drop(job.id)
-                state.wake.set()
-                self._check_idle(state)
-                await trio.lowlevel.checkpoint()  # let others run between jobs
+                with trio.CancelScope() as scope:
+                    streak = 0
+                    while True:
+                        job = await self._take(state, index)
+                        if job is None:
+                            return
+                        run = Run(job)
+                        state.running[job.id] = run
+                        if state.gauge is not None:
+                            state.gauge.set(len(state.running))
+                        current = _Current(run)
+                        prepared = await runner.prepare(run)
+                        if isinstance(prepared, Verdict):
+                            self._done(state, run, prepared)
+                            current = None
+                            continue
+                        current.plan = prepared
+                        run.scope = scope
+                        if prepared.timeout is not None:
+                            scope.deadline = trio.current_time() + prepared.timeout
+                        try:
+                            await runner.call(prepared)
+                        except Exception as error:
+                            current.error = error
+                        run.scope = None
+                        if scope.cancel_called:
+                            break  # judge it outside this scope, then take a new one
+                        if prepared.timeout is not None:
+                            scope.deadline = math.inf
+                        verdict = await runner.finish(run, prepared, current.error, cut_short=False)
+                        self._done(state, run, verdict)
+                        current = None
+                        streak += 1
+                        if streak % 32 == 0:
+                            await trio.lowlevel.checkpoint()  # let others run
+                if current is not None and current.plan is not None:
+                    run = current.run
+                    verdict = await runner.finish(run, current.plan, current.error, cut_short=True)
+                    self._done(state, run, verdict)
+                    current = None
+        except BaseException:
+            if current is not None:
+                state.running.pop(current.run.job.id, None)
+                if not current.run.lost:
+                    # shutdown: the attempt was interrupted, not failed
+                    await runner.release(current.run.job, timedelta(0))
+            raise
         finally:
             state.workers -= 1
+
+    async def _take(self, state: _QueueState, index: int) -> JobRecord | None:
+        """The next job of the buffer, waiting for one; None once this worker
+        is no longer wanted."""
+        while not state.buffer:
+            if index >= state.config.concurrency:
+                return None
+            await state.ready.park()
+        if index >= state.config.concurrency:
+            state.ready.unpark()  # hand the job on to a worker that stays
+            return None
+        return state.buffer.popleft()
+
+    def _done(self, state: _QueueState, run: Run, verdict: Verdict) -> None:
+        job = run.job
+        del state.running[job.id]
+        if state.gauge is not None:
+            state.gauge.set(len(state.running))
+        if verdict is Verdict.SUCCEEDED:
+            state.completed.append(job)
+        elif verdict is Verdict.DROPPED:
+            self.leases.drop(job.id)
+        state.wake.set()
+        if state.idle is not None:
+            self._check_idle(state)
 
     # -- outcomes ---------------------------------------------------------------
 
@@ -592,9 +647,8 @@ class Workers:
         for state in self._queues.values():
             for job_id in job_ids & state.running.keys():
                 run = state.running[job_id]
-                if not run.settling:
-                    log.warning("job %s (%s): lease lost, cancelling its run", job_id, run.job.task)
-                    run.cancel(release=False)
+                log.warning("job %s (%s): lease lost, cancelling its run", job_id, run.job.task)
+                run.cancel(release=False)
             if state.buffer and any(job.id in job_ids for job in state.buffer):
                 state.buffer = deque(job for job in state.buffer if job.id not in job_ids)
             if state.completed and any(job.id in job_ids for job in state.completed):
