@@ -195,6 +195,7 @@ SURFACE: dict[str, list[str]] = {
         "schedule_state_object",
         "slot_of",
         "to_epoch_micros",
+        "trusted_record",
         "utc_datetime",
         "validate_aging",
         "validate_job_id",

@@ -470,6 +470,7 @@ def test_claims_are_served_from_indexes_not_by_sorting_the_backlog(tmp_path: Pat
         "next level": (_sql._NEXT_LEVEL, ("q", 5), "kernel_jobs_order"),
         "level heads": (_sql._LEVEL_HEADS, ("q", 5, 0, 10), "kernel_jobs_order"),
         "early": (_sql._EARLY, ("q", 0), "kernel_jobs_early"),
+        "next due": (_sql._LEVEL_FIRST, ("q", 5), "kernel_jobs_order"),
     }
     for name, (sql, params, index) in statements.items():
         plan = " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))

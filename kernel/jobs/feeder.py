@@ -199,7 +199,7 @@ class ScheduleFeeder:
                 if previous is None or job.fire_time > previous:
                     last[job.schedule] = job.fire_time
             if created:
-                self._workers.wake(stored.queue)
+                self._workers.enqueued(stored.queue, stored.run_at)
                 await self._events.publish("job.enqueued", stored)
             elif stored.id != job.id:  # held back by the overlap policy
                 stats = self.stats_of(job)

@@ -373,7 +373,7 @@ class JobQueue:
         self._workers.ensure(record.queue)  # a new queue gets a worker before the job exists
         stored, created = await self.store.enqueue(record)
         if created:
-            self._workers.wake(stored.queue)
+            self._workers.enqueued(stored.queue, stored.run_at)
             if self._events.wants("job.enqueued"):
                 await self._events.publish("job.enqueued", stored)
         return stored

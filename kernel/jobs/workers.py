@@ -60,6 +60,8 @@ __all__ = ["QueueConfig", "Workers"]
 log = logging.getLogger("kernel.queue")
 
 _DRAIN_REPORT_EVERY = 5.0
+_POLL_FIRST = 1.0
+_POLL_MAX = 30.0
 
 
 def _prefetch(_instance: object, _attribute: object, value: int | None) -> None:
@@ -115,6 +117,8 @@ class _QueueState:
     timer: Timer[Callable[[], None]] | None = None
     timer_at: float = math.inf
     due_hint: datetime | None = None
+    check_due: bool = True  # ask the store when the next job is due, once drained
+    poll: float = 0.0  # the current wait between polls of a store shared without wake-ups
     serving: bool = False
     nursery: trio.Nursery | None = None
     workers: int = 0
@@ -176,6 +180,8 @@ class Workers:
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
         self._intake = True
+        self._listening = isinstance(store, EnqueueListener)
+        self._process_local = bool(getattr(store, "process_local", False))
 
     @property
     def clock(self) -> Clock:
@@ -275,13 +281,29 @@ class Workers:
         return [run.job for state in self._queues.values() for run in state.running.values()]
 
     def wake(self, queue_name: str) -> None:
+        """Something changed that this process did not do itself (a resume,
+        another process's job, a reaped lease): claim, and ask the store
+        again when the next job is due."""
         state = self._queues.get(queue_name)
         if state is not None:
+            state.check_due = True
             state.wake.set()
 
     def wake_all(self) -> None:
         for state in self._queues.values():
+            state.check_due = True
             state.wake.set()
+
+    def enqueued(self, queue_name: str, run_at: datetime) -> None:
+        """This process stored a job due at ``run_at``: claim it now, or put
+        the queue's timer at it; the store need not be asked."""
+        state = self._queues.get(queue_name)
+        if state is None:
+            return
+        if run_at <= self.clock.now():
+            state.wake.set()
+        else:
+            self._arm(state, Clock.tick_deadline(self.clock.wall_to_tick(run_at)), run_at)
 
     def cancel_running(self, job_id: str) -> None:
         """Stop the run of ``job_id`` if it runs here (its outcome is the
@@ -472,7 +494,21 @@ class Workers:
             if len(claimed) < capacity or capacity <= 0:
                 break
         if asked > 0 and len(claimed) < asked:
-            await self._arm_next_due(state)
+            # drained: put the timer at the next job due, if anything but our
+            # own enqueues (which set it themselves) may have changed that
+            if state.check_due:
+                state.check_due = False
+                await self._arm_next_due(state)
+            self._poll_later(state, found=bool(claimed))
+
+    def _poll_later(self, state: _QueueState, *, found: bool) -> None:
+        """A store shared by several processes that cannot wake us (SQLite)
+        is asked again now and then, for jobs other processes enqueued: every
+        second while there is work, backing off to half a minute when idle."""
+        if self._listening or self._process_local:
+            return
+        state.poll = _POLL_FIRST if found or not state.poll else min(state.poll * 2, _POLL_MAX)
+        self._arm(state, trio.current_time() + state.poll, None)
 
     async def _arm_next_due(self, state: _QueueState) -> None:
         due = await self.store.next_due(state.config.name)
@@ -566,6 +602,8 @@ class Workers:
             state.completed.append(job)
         elif verdict is Verdict.DROPPED:
             self.leases.drop(job.id)
+        else:
+            state.check_due = True  # a retry or a release: due again later
         state.wake.set()
         if state.idle is not None:
             self._check_idle(state)
@@ -683,6 +721,7 @@ class Workers:
             state.timer_at = math.inf
             if due is not None:
                 state.due_hint = due
+            state.check_due = True
             state.wake.set()
 
         state.timer = self.scheduler.call_at(deadline, fire)

@@ -40,7 +40,14 @@ from kernel.jobs._checks import (
     validate_limit,
     validate_name,
 )
-from kernel.jobs.record import FINISHED_STATES, LIVE_STATES, JobRecord, JobState, validate_state
+from kernel.jobs.record import (
+    FINISHED_STATES,
+    LIVE_STATES,
+    JobRecord,
+    JobState,
+    trusted_record,
+    validate_state,
+)
 from kernel.serialization import JSON, copy_json
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "schedule_state_object",
     "slot_of",
     "to_epoch_micros",
+    "trusted_record",
     "utc_datetime",
     "validate_aging",
     "validate_job_id",

@@ -21,7 +21,7 @@ import json
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import attrs
 import trio
@@ -83,6 +83,10 @@ class MemoryJobStore:
     Kept apart from `MemoryStorage` so the two can be composed into one
     object that satisfies both ports.
     """
+
+    process_local: ClassVar[bool] = True
+    """Nothing outside this process changes the store: the workers need not
+    poll it for other processes' jobs."""
 
     keep_finished: int = attrs.field(default=1000, validator=_positive_count)
     """How many succeeded or cancelled jobs are kept for inspection."""

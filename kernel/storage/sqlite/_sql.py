@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import attrs
-import trio
 
 from kernel.errors import (
     JobConflict,
@@ -27,6 +26,7 @@ from kernel.storage.base import (
     from_epoch_micros,
     lease_expired_error,
     to_epoch_micros,
+    trusted_record,
 )
 from kernel.storage.sqlite.schema import immediate
 
@@ -93,28 +93,33 @@ def job_row(job: JobRecord) -> tuple[object, ...]:
     )
 
 
-def job_from_row(row: Sequence[object]) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        task=row[1],
-        args=json.loads(cast(str, row[2])),
-        kwargs=json.loads(cast(str, row[3])),
-        queue=row[4],
-        priority=row[5],
-        run_at=from_epoch_micros(cast(int, row[6])),
-        enqueued_at=from_epoch_micros(cast(int, row[7])),
-        dedup_key=row[8],
-        timeout=row[9],
-        retry=None if row[10] is None else json.loads(cast(str, row[10])),
-        attempts=row[11],
-        state=row[12],
-        worker=row[13],
-        lease_expires_at=datetime_or_none(row[14]),
-        last_error=row[15],
-        finished_at=datetime_or_none(row[16]),
-        schedule=row[17],
-        fire_time=datetime_or_none(row[18]),
-        headers=json.loads(cast(str, row[19])),
+_STATES = {state.value: state for state in JobState}
+
+
+def job_from_row(row: Sequence[Any]) -> JobRecord:
+    """The record of a stored row: checked on the way in, so read back
+    without the converters (`kernel.storage.base.trusted_record`)."""
+    return trusted_record(
+        row[0],
+        row[1],
+        json.loads(row[2]),
+        json.loads(row[3]),
+        row[4],
+        row[5],
+        from_epoch_micros(row[6]),
+        from_epoch_micros(row[7]),
+        row[8],
+        row[9],
+        None if row[10] is None else json.loads(row[10]),
+        row[11],
+        _STATES[row[12]],
+        row[13],
+        None if row[14] is None else from_epoch_micros(row[14]),
+        row[15],
+        None if row[16] is None else from_epoch_micros(row[16]),
+        row[17],
+        None if row[18] is None else from_epoch_micros(row[18]),
+        json.loads(row[19]),
     )
 
 
@@ -155,27 +160,48 @@ def fetch_all(sql: str, params: Sequence[object]) -> Callable[[sqlite3.Connectio
     return lambda connection: connection.execute(sql, params).fetchall()
 
 
-def enqueue_checked(
+def enqueue_many(
+    connection: sqlite3.Connection, items: Sequence[tuple[JobRecord, tuple[object, ...]]]
+) -> list[tuple[JobRecord, bool] | BaseException]:
+    """Enqueue jobs in one write transaction, each with its own checks (a
+    schedule slot claimed with the job, a live dedup key) and its own answer:
+    ``(job, True)``, ``(the job that holds the slot or key, False)``, or the
+    `JobConflict` of an id already stored."""
+    answers: list[tuple[JobRecord, bool] | BaseException] = []
+    with immediate(connection):
+        for job, row in items:
+            try:
+                answers.append(_enqueue_one(connection, job, row))
+            except JobConflict as conflict:
+                answers.append(conflict)
+    return answers
+
+
+def _enqueue_one(
     connection: sqlite3.Connection, job: JobRecord, row: tuple[object, ...]
 ) -> tuple[JobRecord, bool]:
-    """Enqueue a job that claims a schedule slot or holds a dedup key: the
-    checks and the insert in one write transaction."""
-    with immediate(connection):
-        if connection.execute("SELECT 1 FROM kernel_jobs WHERE id = ?", (job.id,)).fetchone():
-            raise JobConflict(job.id, "a job with this id is already stored")
-        if job.schedule is not None and job.fire_time is not None:
-            claimed = connection.execute(
-                "INSERT INTO kernel_schedule_slots (schedule, fire_time) VALUES (?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (job.schedule, to_epoch_micros(job.fire_time)),
-            ).rowcount
-            if claimed != 1:
-                return attrs.evolve(job), False
-        holder = None if job.dedup_key is None else live_holder(connection, job.dedup_key)
-        if holder is not None:
-            return holder, False
+    checked = job.dedup_key is not None or (job.schedule is not None and job.fire_time is not None)
+    if (
+        checked
+        and connection.execute("SELECT 1 FROM kernel_jobs WHERE id = ?", (job.id,)).fetchone()
+    ):
+        raise JobConflict(job.id, "a job with this id is already stored")
+    if job.schedule is not None and job.fire_time is not None:
+        claimed = connection.execute(
+            "INSERT INTO kernel_schedule_slots (schedule, fire_time) VALUES (?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (job.schedule, to_epoch_micros(job.fire_time)),
+        ).rowcount
+        if claimed != 1:
+            return job, False
+    holder = None if job.dedup_key is None else live_holder(connection, job.dedup_key)
+    if holder is not None:
+        return holder, False
+    try:
         connection.execute(INSERT_JOB, row)
-    return attrs.evolve(job), True
+    except sqlite3.IntegrityError:
+        raise JobConflict(job.id, "a job with this id is already stored") from None
+    return job, True  # the caller's own record, as the memory store returns it
 
 
 def reap_expired_jobs(connection: sqlite3.Connection, now_us: int) -> list[str]:
@@ -245,23 +271,28 @@ class Claim:
 _CLAIM_BY_PRIORITY = (
     "UPDATE kernel_jobs SET state = 'running', worker = ?, lease_expires_at = ?, "
     "attempts = attempts + 1 WHERE seq IN ("
-    "SELECT seq FROM kernel_jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? "
+    "SELECT seq FROM kernel_jobs INDEXED BY kernel_jobs_order "
+    "WHERE queue = ? AND state = 'queued' AND run_at <= ? "
     "ORDER BY priority DESC, run_at, enqueued_at, seq LIMIT ?"
     f") RETURNING seq, {JOB_COLUMNS}"
 )
 """A claim without aging: one walk down ``kernel_jobs_order`` in claim
-order, stopping at LIMIT."""
+order, stopping at LIMIT. Every hot statement names its index: without
+statistics the planner may take another (and sort), and ``ANALYZE`` on a
+queue whose contents change by the second is no help."""
 
 _TOP_LEVEL = (
-    "SELECT priority FROM kernel_jobs WHERE queue = ? AND state = 'queued' "
+    "SELECT priority FROM kernel_jobs INDEXED BY kernel_jobs_order "
+    "WHERE queue = ? AND state = 'queued' "
     "ORDER BY priority DESC LIMIT 1"
 )
 _NEXT_LEVEL = (
-    "SELECT priority FROM kernel_jobs WHERE queue = ? AND state = 'queued' AND priority < ? "
+    "SELECT priority FROM kernel_jobs INDEXED BY kernel_jobs_order "
+    "WHERE queue = ? AND state = 'queued' AND priority < ? "
     "ORDER BY priority DESC LIMIT 1"
 )
 _LEVEL_HEADS = (
-    "SELECT seq, priority, run_at, enqueued_at FROM kernel_jobs "
+    "SELECT seq, priority, run_at, enqueued_at FROM kernel_jobs INDEXED BY kernel_jobs_order "
     "WHERE queue = ? AND state = 'queued' AND priority = ? AND run_at <= ? "
     "AND run_at >= enqueued_at ORDER BY run_at, enqueued_at, seq LIMIT ?"
 )
@@ -342,6 +373,37 @@ def renew_leases(
     return held
 
 
+def next_due_of(connection: sqlite3.Connection, queue: str | None) -> int | None:
+    """The earliest ``run_at`` of the queued jobs (of ``queue``), in epoch
+    microseconds: within each priority level of ``kernel_jobs_order`` the
+    first job has the earliest, so the levels are walked and not the jobs."""
+    queues = (
+        [queue]
+        if queue is not None
+        else [
+            name
+            for (name,) in connection.execute(
+                "SELECT DISTINCT queue FROM kernel_jobs INDEXED BY kernel_jobs_order "
+                "WHERE state = 'queued'"
+            )
+        ]
+    )
+    earliest: int | None = None
+    for name in queues:
+        level = connection.execute(_TOP_LEVEL, (name,)).fetchone()
+        while level is not None:
+            (first,) = connection.execute(_LEVEL_FIRST, (name, level[0])).fetchone()
+            earliest = first if earliest is None else min(earliest, first)
+            level = connection.execute(_NEXT_LEVEL, (name, level[0])).fetchone()
+    return earliest
+
+
+_LEVEL_FIRST = (
+    "SELECT run_at FROM kernel_jobs INDEXED BY kernel_jobs_order "
+    "WHERE queue = ? AND state = 'queued' AND priority = ? ORDER BY run_at LIMIT 1"
+)
+
+
 def claim_in_transaction(connection: sqlite3.Connection, claim: Claim) -> list[Any]:
     with immediate(connection):
         return claim_jobs(connection, claim)
@@ -351,21 +413,18 @@ def complete_and_claim_jobs(
     connection: sqlite3.Connection, completed: Sequence[str], finished_us: int, claim: Claim
 ) -> tuple[set[str], list[Any]]:
     """The workers' round trip: completions and the next claim in one write
-    transaction."""
+    transaction (one commit for the whole round)."""
     with immediate(connection):
-        done = {
-            job_id
-            for job_id in completed
-            if connection.execute(_COMPLETE, (finished_us, job_id, claim.worker)).rowcount == 1
-        }
+        done: set[str] = set()
+        for batch in batches(completed):
+            done.update(
+                job_id
+                for (job_id,) in connection.execute(
+                    "UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, "
+                    "finished_at = ? WHERE state = 'running' AND worker = ? "
+                    f"AND id IN ({marks(len(batch))}) RETURNING id",
+                    (finished_us, claim.worker, *batch),
+                )
+            )
         rows = claim_jobs(connection, claim) if claim.limit else []
     return done, rows
-
-
-@attrs.define(eq=False)
-class Pending:
-    """One `complete` waiting for the batch it is in."""
-
-    completion: tuple[str, str, int]
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: bool | BaseException = False

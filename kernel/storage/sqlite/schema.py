@@ -107,13 +107,32 @@ MIGRATIONS: Final = (
     ),
     Migration(
         3,
-        "job headers; claims with aging served from indexes",
+        "job headers; claims served from indexes of queued jobs only",
         (
             "ALTER TABLE kernel_jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'",
-            # the few jobs enqueued for a time already past: a claim with aging
-            # reads them apart from the per-priority heads (see _sql.claim_jobs)
+            # Partial indexes hold only the rows a hot statement looks for, and
+            # a job touches as few as can serve the statements: an enqueue
+            # writes the table, its id and one index (kernel_jobs_order), a
+            # claim and a completion two each, whatever the number of jobs.
+            "DROP INDEX kernel_jobs_claim",
+            "DROP INDEX kernel_jobs_order",
+            "DROP INDEX kernel_jobs_due",
+            "DROP INDEX kernel_jobs_state",
+            "DROP INDEX kernel_jobs_finished",
+            "DROP INDEX kernel_jobs_dedup",
+            # claims walk this in claim order (level by level with aging), and
+            # next_due reads the first job of each level
+            """CREATE INDEX kernel_jobs_order ON kernel_jobs
+                (queue, priority DESC, run_at, enqueued_at) WHERE state = 'queued'""",
+            # the few jobs enqueued for a time already past, which a claim with
+            # aging reads apart from the per-priority heads (see _sql.claim_jobs)
             """CREATE INDEX kernel_jobs_early ON kernel_jobs (queue, run_at)
                 WHERE state = 'queued' AND run_at < enqueued_at""",
+            """CREATE UNIQUE INDEX kernel_jobs_dedup ON kernel_jobs (dedup_key)
+                WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')""",
+            # listings of finished jobs by state, in id order, and purges
+            """CREATE INDEX kernel_jobs_finished ON kernel_jobs (state, id)
+                WHERE state IN ('succeeded', 'dead', 'cancelled')""",
         ),
     ),
 )

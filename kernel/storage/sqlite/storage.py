@@ -57,7 +57,6 @@ import attrs
 import trio
 
 from kernel.errors import (
-    JobConflict,
     StorageClosed,
     StorageError,
 )
@@ -86,24 +85,24 @@ from kernel.storage.base import (
     validate_namespace,
     validate_prefix,
 )
+from kernel.storage.sqlite._group import GroupCommit
 from kernel.storage.sqlite._sql import (
     HELD,
-    INSERT_JOB,
     JOB_COLUMNS,
     JOB_COLUMNS_NO_PAYLOAD,
     Claim,
-    Pending,
     batches,
     claim_in_transaction,
     complete_and_claim_jobs,
     complete_many,
     count_changes,
     encode,
-    enqueue_checked,
+    enqueue_many,
     fetch_all,
     job_from_row,
     job_row,
     marks,
+    next_due_of,
     prefix_end,
     reap_expired_jobs,
     renew_leases,
@@ -163,8 +162,14 @@ class SQLiteStorage:
         factory=lambda: trio.CapacityLimiter(1), init=False
     )
     _closed: bool = attrs.field(default=False, init=False)
-    _completing: list[Pending] = attrs.field(factory=list, init=False)
-    _completer: bool = attrs.field(default=False, init=False)
+    _completions: GroupCommit[tuple[str, str, int], bool] = attrs.field(init=False)
+    _enqueues: GroupCommit[tuple[JobRecord, tuple[object, ...]], tuple[JobRecord, bool]] = (
+        attrs.field(init=False)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self._completions = GroupCommit(self._complete_batch)
+        self._enqueues = GroupCommit(self._enqueue_batch)
 
     @classmethod
     async def open(
@@ -319,17 +324,14 @@ class SQLiteStorage:
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = job_row(check_enqueue(job))
-        if job.dedup_key is not None or (job.schedule is not None and job.fire_time is not None):
-            return await self._call(lambda connection: enqueue_checked(connection, job, row))
+        return await self._enqueues.submit((job, row))
 
-        def work(connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
-            try:
-                connection.execute(INSERT_JOB, row)
-            except sqlite3.IntegrityError:
-                raise JobConflict(job.id, "a job with this id is already stored") from None
-            return attrs.evolve(job), True
-
-        return await self._call(work)
+    async def _enqueue_batch(
+        self, items: list[tuple[JobRecord, tuple[object, ...]]]
+    ) -> list[tuple[JobRecord, bool] | BaseException]:
+        """Enqueues that arrived together: one transaction (each its own
+        checks, its own answer)."""
+        return await self._call(functools.partial(enqueue_many, items=items))
 
     def _claim_of(
         self,
@@ -425,40 +427,15 @@ class SQLiteStorage:
     async def complete(self, job_id: str, *, worker: str, now: datetime | None = None) -> bool:
         validate_job_id(job_id)
         validate_name("worker", worker)
-        pending = Pending((job_id, worker, to_epoch_micros(now_or_wall_clock(now))))
-        self._completing.append(pending)
-        if not self._completer:
-            await self._complete_pending()
-        await pending.done.wait()
-        if isinstance(pending.result, BaseException):
-            raise pending.result
-        return pending.result
+        finished_us = to_epoch_micros(now_or_wall_clock(now))
+        return await self._completions.submit((job_id, worker, finished_us))
 
-    async def _complete_pending(self) -> None:
-        """Group commit: the completions that arrive while one batch is in the
-        thread go together in the next transaction (one thread hand-off and
-        one commit for many jobs: completions are most of a busy queue's
-        writes). The first caller drives the batches, shielded, since they
-        hold other callers' completions."""
-        self._completer = True
-        try:
-            with trio.CancelScope(shield=True):
-                while self._completing:
-                    batch, self._completing = self._completing, []
-                    completions = [pending.completion for pending in batch]
-                    try:
-                        results: list[bool] | BaseException = await self._call(
-                            functools.partial(complete_many, completions=completions)
-                        )
-                    except Exception as error:
-                        results = error
-                    for index, pending in enumerate(batch):
-                        pending.result = (
-                            results if isinstance(results, BaseException) else results[index]
-                        )
-                        pending.done.set()
-        finally:
-            self._completer = False
+    async def _complete_batch(
+        self, completions: list[tuple[str, str, int]]
+    ) -> list[bool | BaseException]:
+        """Completions that arrived together: one transaction."""
+        done = await self._call(functools.partial(complete_many, completions=completions))
+        return list(done)
 
     async def retry_later(self, job_id: str, *, worker: str, error: str, run_at: datetime) -> bool:
         validate_job_id(job_id)
@@ -569,13 +546,8 @@ class SQLiteStorage:
         return await self._call(count_changes(sql, params))
 
     async def next_due(self, queue: str | None = None) -> datetime | None:
-        if queue is None:
-            sql = "SELECT min(run_at) FROM kernel_jobs WHERE state = 'queued'"
-            params: tuple[str, ...] = ()
-        else:
-            sql = "SELECT min(run_at) FROM kernel_jobs WHERE queue = ? AND state = 'queued'"
-            params = (validate_name("queue", queue),)
-        ((earliest,),) = await self._call(fetch_all(sql, params))
+        name = None if queue is None else validate_name("queue", queue)
+        earliest = await self._call(functools.partial(next_due_of, queue=name))
         return None if earliest is None else from_epoch_micros(earliest)
 
     # -- schedules (kernel.jobs.record.JobStore) ------------------------------------
