@@ -128,6 +128,7 @@ SURFACE: dict[str, list[str]] = {
         "PluginStateError",
         "SchemaOutdated",
         "SchemaVersionError",
+        "StatusSocketError",
         "StatusUnavailable",
         "StorageClosed",
         "StorageError",
