@@ -15,6 +15,7 @@ import attrs
 from kernel.config._messages import BadValue, join_key_path, unknown_key_reason
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
+from kernel.urls import redact_url
 
 __all__ = [
     "KernelConfig",
@@ -43,7 +44,9 @@ def _adapter_url(_: object, attribute: attrs.Attribute[Any], value: object) -> N
     if not isinstance(value, str):
         raise BadValue("a URL string", value)
     if not _URL.match(value) or value != value.strip():
-        raise BadValue("a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", value)
+        raise BadValue(
+            "a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", redact_url(value)
+        )
 
 
 def _positive_duration(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
