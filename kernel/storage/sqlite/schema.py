@@ -143,7 +143,7 @@ def create_private(path: str) -> None:
         pass  # another process created it first
     except OSError as error:
         location = os.path.abspath(path)
-        raise StorageError(f"cannot create SQLite database {location}: {error.strerror}") from error
+        raise StorageError(f"cannot open SQLite database {location}: {error.strerror}") from error
 
 
 @contextlib.contextmanager
