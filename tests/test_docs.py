@@ -51,9 +51,7 @@ from click.testing import CliRunner
 
 import kernel.cli.commands
 import kernel.ports
-from kernel import Kernel, PluginSpec, parse_config
 from kernel.cli import main
-from kernel.runtime.discovery import load_plugin_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
@@ -267,32 +265,22 @@ def _run_pytest(block: Block, workdir: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-async def _start_and_stop(block: Block) -> None:
-    """Load a config as ``kernel run`` does, start every plugin (on the real
-    clock: SQLite works in threads), check each is enabled, stop."""
-    config = parse_config(block.code, source=block.name)
-    specs = [
-        PluginSpec(
-            load_plugin_factory(entry.use)(),  # type: ignore[arg-type]
-            name=name,
-            config=entry.config,
-            enabled=entry.enabled,
-            source=config.source,
-        )
-        for name, entry in config.plugins.items()
-    ]
-    settings = config.kernel
-    async with Kernel(
-        specs,
-        storage=settings.storage,
-        bus=settings.bus,
-        notifier=settings.notifier,
-        shutdown_grace=settings.shutdown_grace.total_seconds(),
-        health_interval=settings.health_interval.total_seconds(),
-    ) as running:
-        states = {name: p["state"] for name, p in running.status()["plugins"].items()}
-        assert set(states.values()) <= {"enabled", "disabled"}, states
-        running.cancel()  # no grace needed: nothing of value runs yet
+def _start_and_stop(block: Block, workdir: Path) -> None:
+    """Load a config as ``kernel run`` does (its plugins imported, their
+    configs structured), start every plugin on the real clock (SQLite works
+    in threads), check each is enabled, stop."""
+    path = workdir / "kernel.toml"
+    path.write_text(block.code)
+    config, specs = kernel.cli.commands._load(str(path))
+    running = kernel.cli.commands._kernel(config, specs)
+
+    async def start_and_stop() -> None:
+        async with running:
+            states = {name: p["state"] for name, p in running.status()["plugins"].items()}
+            assert set(states.values()) <= {"enabled", "disabled"}, states
+            running.cancel()  # no grace needed: nothing of value runs yet
+
+    trio.run(start_and_stop)
 
 
 def _run_console(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,7 +319,7 @@ def test_block_runs_as_written(
         _run_pytest(block, workdir)
         return
     if block.language == "toml":
-        trio.run(_start_and_stop, block)
+        _start_and_stop(block, workdir)
         return
     with virtual_time(monkeypatch, forever="sleep_forever()" in block.code):
         if block.language == "python":
