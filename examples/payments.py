@@ -78,8 +78,10 @@ class FakePaymentProvider:
 
     async def charge(self, key: str, cents: int) -> None:
         self.calls += 1
+        if self.down:
+            raise ProviderDown("payment provider timed out")
         draw = self._rng.random()
-        if self.down or draw < self.failure_rate:
+        if draw < self.failure_rate:
             raise ProviderDown("payment provider timed out")
         if draw >= 1 - self.decline_rate:
             raise CardDeclined("card declined: insufficient funds")
