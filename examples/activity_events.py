@@ -58,6 +58,11 @@ class ActivityEvents(Plugin):
         ctx.schedule(
             partial(self.publish_summary, ctx), Every(config.summary_interval), name="summary"
         )
+        ctx.log.info(
+            "counting %s per user; a summary every %gs",
+            " and ".join(COUNTED),
+            config.summary_interval.total_seconds(),
+        )
 
     async def count(self, ctx: PluginContext, message: Message) -> None:
         payload = message.payload

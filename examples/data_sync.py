@@ -93,7 +93,14 @@ class DataSync(Plugin):
             name="sync",
             overlap=SkipIfRunning(),
         )
-        ctx.log.info("syncing every %s, %d records a batch", config.interval, config.batch_size)
+        ctx.log.info(
+            "syncing every %gs, %d records a batch; first run at %s",
+            config.interval.total_seconds(),
+            config.batch_size,
+            self.schedule.next_fire_time.isoformat(timespec="seconds")
+            if self.schedule.next_fire_time
+            else "-",
+        )
 
     async def sync_once(self, ctx: PluginContext) -> int:
         """One run: read batches from the stored cursor until the feed is
@@ -118,4 +125,6 @@ class DataSync(Plugin):
                 break
         if synced:
             ctx.log.info("synced %d changed records, cursor now %d", synced, cursor)
+        else:
+            ctx.log.info("no changes since cursor %d", cursor)
         return synced

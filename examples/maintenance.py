@@ -103,16 +103,19 @@ class Maintenance(Plugin):
         }
         for job, (action, trigger) in jobs.items():
             schedule = ctx.schedule(partial(self.run_job, ctx, job, action), trigger, name=job)
-            ctx.log.info("%s: next at %s", job, schedule.next_fire_time)
+            when = schedule.next_fire_time
+            ctx.log.info("%s: next at %s", job, when.isoformat(timespec="seconds") if when else "-")
 
     async def run_job(
         self, ctx: PluginContext, job: str, action: Callable[[], Awaitable[str]]
     ) -> None:
         """Run one job and say how it went; a failure is re-raised so the
         schedule's statistics and metrics count it."""
+        ctx.log.info("%s: starting", job)
         try:
             outcome = await action()
         except Exception as exc:
             await ctx.notify(f"{job} failed", f"{type(exc).__name__}: {exc}", Level.error)
             raise
+        ctx.log.info("%s: %s", job, outcome)
         await ctx.notify(f"{job} succeeded", outcome, Level.info)

@@ -86,6 +86,29 @@ class MonitoredQueue(Plugin):
         self._backlog = receive
         ctx.start_task(self.produce, ctx, send, name="producer")
         ctx.start_task(self.consume, ctx, receive, name="consumer")
+        ctx.start_task(self.report, ctx, name="reporter")
+        ctx.log.info(
+            "polling every %gs into a queue of %d; degraded above %d waiting, unhealthy above %d",
+            config.poll_interval.total_seconds(),
+            config.capacity,
+            config.degraded_above,
+            config.unhealthy_above,
+        )
+
+    async def report(self, ctx: PluginContext, every: float = 10.0) -> None:
+        """One info line every ``every`` seconds: what was done meanwhile."""
+        processed, dropped = self.processed, self.dropped
+        while True:
+            await ctx.sleep(every)
+            ctx.log.info(
+                "processed %d jobs in the last %gs (%d in all), %d waiting, %d dropped",
+                self.processed - processed,
+                every,
+                self.processed,
+                self.depth,
+                self.dropped - dropped,
+            )
+            processed, dropped = self.processed, self.dropped
 
     async def produce(
         self, ctx: PluginContext, send: trio.MemorySendChannel[dict[str, Any]]

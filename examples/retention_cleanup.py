@@ -130,7 +130,16 @@ class RetentionCleanup(Plugin):
         if self._demo and not self.store.files:
             self.store.add_sample_files(ctx.clock.now())
         schedule = ctx.schedule(partial(self.clean_up, ctx), config.cron(), name="cleanup")
-        ctx.log.info("%d rules; next run at %s", len(config.rules), schedule.next_fire_time)
+        when = schedule.next_fire_time
+        ctx.log.info(
+            "%d rules over %d files; next run at %s (window %02d:00-%02d:00 %s)",
+            len(config.rules),
+            len(self.store.files),
+            when.isoformat(timespec="seconds") if when else "-",
+            config.window_start,
+            config.window_end,
+            config.tz,
+        )
 
     async def clean_up(self, ctx: PluginContext) -> int:
         config: RetentionCleanupConfig = ctx.config
@@ -154,6 +163,7 @@ class RetentionCleanup(Plugin):
         await ctx.storage.put(
             "last_run", {"at": now.isoformat(), "deleted": deleted, "expired": len(expired)}
         )
+        ctx.log.info("deleted %d of %d expired files", deleted, len(expired))
         if deleted:
             await ctx.notify(
                 "retention cleanup",

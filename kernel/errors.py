@@ -44,6 +44,7 @@ catches ``ValueError`` or ``LookupError`` keeps working::
     ├── JobTimedOut
     ├── KernelNotRunning (RuntimeError)
     ├── StatusUnavailable
+    ├── StatusSocketError
     └── PayloadError (TypeError)
 """
 
@@ -85,6 +86,7 @@ __all__ = [
     "PluginStateError",
     "SchemaOutdated",
     "SchemaVersionError",
+    "StatusSocketError",
     "StatusUnavailable",
     "StorageClosed",
     "StorageError",
@@ -667,6 +669,20 @@ class KernelNotRunning(KernelError, RuntimeError):
 
 class StatusUnavailable(KernelError):
     """No kernel answers at the status socket path."""
+
+
+class StatusSocketError(KernelError):
+    """The status socket cannot be opened at its path: a live kernel answers
+    there, the path is a file that is not a socket, or its folder is missing.
+    Carries the ``path`` and the ``reason``; nothing at the path is touched."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot use {self.path} as the status socket: {self.reason}"
 
 
 class PayloadError(KernelError, TypeError):

@@ -18,13 +18,83 @@ from kernel.errors import InvalidAdapterURL
 __all__ = ["redact_url", "url_options", "url_scheme"]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-_PASSWORD = re.compile(r"^([^:/?#]+://[^/?#@:]*):[^/?#@]*@")
+_USER_PASSWORD = re.compile(r"([^:/?#@]*):(.*)@", re.DOTALL)
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature", re.IGNORECASE)
+_OPTION_SEPARATORS = re.compile(r"([&;])")
+_REDACTED = "***"
+"""What `redact_url` writes in place of a secret."""
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user-info replaced by ``***``, for
-    error messages and logs (``postgresql://app:***@db/jobs``)."""
-    return _PASSWORD.sub(r"\1:***@", url)
+def redact_url(url: str, *, within: str | None = None) -> str:
+    """``url`` with its secrets replaced by ``***``, for anything printed or
+    logged: the password of the user-info (``postgresql://app:***@db/jobs``)
+    and the value of every option whose name looks like a secret
+    (``password``, ``sslpassword``, ``token``, ``api_key``, ``secret``,
+    ``auth``...: ``redis://cache/0?password=***``).
+
+    With ``within``, that text instead, with every secret of ``url`` hidden
+    the same way: for a client library's message that may quote the URL or
+    a part of it (libpq's ``missing "=" after "..."``).
+
+    Made for broken URLs too, since those are the ones an error message
+    shows: a password with an unescaped ``/``, ``?`` or ``@`` is hidden up
+    to the last ``@`` of the URL, and a string without a scheme is read as
+    if it were the part after ``scheme://``. When unsure it hides more, never
+    less (``nats://host:4222/a@b`` shows as ``nats://host:***@b``).
+    """
+    shown, secrets = _redacted(url)
+    if within is None:
+        return shown
+    text = within.replace(url, shown)
+    for secret in sorted(secrets, key=len, reverse=True):
+        for spelling in {secret, urllib.parse.unquote(secret)}:
+            text = text.replace(spelling, _REDACTED)
+    return text
+
+
+def _redacted(url: str) -> tuple[str, list[str]]:
+    """``url`` redacted, and the secrets taken out of it."""
+    head, separator, rest = url.partition("://")
+    if not separator:
+        head, rest = "", url
+    else:
+        head += separator
+    rest, secrets = _redact_user_info(rest)
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if query_at >= 0:
+        options, hidden = _redact_options(rest[query_at + 1 :])
+        rest = rest[: query_at + 1] + options
+        secrets += hidden
+    return head + rest, [secret for secret in secrets if secret]
+
+
+def _redact_user_info(rest: str) -> tuple[str, list[str]]:
+    """``user:password@host...`` with the password hidden; the ``@`` that
+    ends the user-info is the last one before the query, else the last one."""
+    query_at = rest.find("?")
+    before_query = rest[:query_at] if query_at >= 0 else rest
+    end = before_query.rfind("@")
+    if end < 0:
+        end = rest.rfind("@")
+    if end < 0:
+        return rest, []
+    match = _USER_PASSWORD.fullmatch(rest, 0, end + 1)
+    if match is None:
+        return rest, []
+    return f"{match.group(1)}:{_REDACTED}@{rest[end + 1 :]}", [match.group(2)]
+
+
+def _redact_options(query: str) -> tuple[str, list[str]]:
+    """``a=1&password=x#token=y`` with the values of secret-looking names hidden."""
+    pieces = _OPTION_SEPARATORS.split(query.replace("#", "&#"))
+    shown, secrets = [], []
+    for piece in pieces:
+        name, equals, value = piece.partition("=")
+        if equals and _SECRET_OPTION.search(urllib.parse.unquote(name)):
+            piece = f"{name}={_REDACTED}"
+            secrets.append(value)
+        shown.append(piece)
+    return "".join(shown).replace("&#", "#"), secrets
 
 
 def url_scheme(url: object) -> str:

@@ -95,7 +95,7 @@ def test_ls_prints_a_table_of_every_job(db: Path) -> None:
     ]  # fmt: skip
     assert ids(result) == ["job-d00", "job-q00", "job-q01", "job-r00"]
     assert lines[1].split() == [
-        "job-d00", "mail", "mail", "dead", "0", "1", "2024-01-01", "00:00:00Z",
+        "job-d00", "mail", "mail", "dead", "0", "1", "2024-01-01T00:00:00+00:00",
         "ValueError:", "smtp", "said", "no",
     ]  # fmt: skip
     assert lines[3].split()[:6] == ["job-q01", "report", "default", "queued", "1", "0"]
@@ -319,3 +319,60 @@ def test_error_summary() -> None:
     )
     assert error_summary("first\nsecond") == "first"
     assert error_summary("x" * 100, width=10) == "xxxxxxx..."
+
+
+# -- JSON, escaping, the environment -----------------------------------------------
+
+
+def test_ls_and_dead_json_page_without_payloads(db: Path) -> None:
+    fill(db, queued=3, dead=1)
+    result = run("jobs", "ls", "--json", "--limit", "2", store=db)
+    assert result.exit_code == 0, result.output
+    page = json.loads(result.stdout)
+    assert [job["id"] for job in page["jobs"]] == ["job-d00", "job-q00"]
+    assert page["next_after"] == "job-q00"
+    assert "args" not in page["jobs"][0]
+    assert page["jobs"][0]["last_error"] == TRACEBACK  # exact, not summarised
+    rest = json.loads(run("jobs", "ls", "--json", "--after", "job-q00", store=db).stdout)
+    assert [job["id"] for job in rest["jobs"]] == ["job-q01", "job-q02"]
+    assert rest["next_after"] is None
+    dead = json.loads(run("jobs", "dead", "--json", store=db).stdout)
+    assert [job["id"] for job in dead["jobs"]] == ["job-d00"]
+    empty = run("jobs", "ls", "--json", "--state", "succeeded", store=db)
+    assert json.loads(empty.stdout) == {"jobs": [], "next_after": None}
+
+
+async def _bury_with(path: Path, error: str) -> None:
+    async with await SQLiteStorage.open(path) as store:
+        await store.enqueue(JobRecord(id="job-x", task="evil", run_at=T0, enqueued_at=T0))
+        [job] = await store.claim("default", worker="w1", now=T0, lease=timedelta(minutes=1))
+        await store.bury(job.id, worker="w1", error=error, now=T0)
+
+
+def test_control_characters_are_escaped_in_human_output_only(db: Path) -> None:
+    error = "boom \x1b[31mred\x1b[0m\rover\x07 \u202eevil\nsecond line\n"
+    trio.run(_bury_with, db, error)
+    shown = run("jobs", "show", "job-x", store=db)
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.stdout
+    assert "\r" not in shown.stdout
+    assert "\u202e" not in shown.stdout
+    assert "  boom \\x1b[31mred\\x1b[0m\\x0dover\\x07 \\u202eevil" in shown.stdout
+    assert "  second line" in shown.stdout  # a traceback keeps its lines
+    listed = run("jobs", "dead", store=db)
+    assert "\x1b" not in listed.stdout
+    assert "boom \\x1b[31mred" in listed.stdout
+    exact = json.loads(run("jobs", "show", "job-x", "--json", store=db).stdout)
+    assert exact["last_error"] == error
+
+
+def test_the_store_can_come_from_kernel_store(db: Path, tmp_path: Path) -> None:
+    fill(db, dead=3)
+    env = {"KERNEL_STORE": f"sqlite:///{db}"}
+    result = CliRunner().invoke(main, ["jobs", "dead", "--limit", "2"], env=env)
+    assert ids(result) == ["job-d00", "job-d01"]
+    assert result.stdout.splitlines()[-1].endswith(": kernel jobs dead --limit 2 --after job-d01")
+    config = tmp_path / "kernel.toml"
+    config.write_text('[kernel]\nstorage = "memory://"\n')
+    explicit = CliRunner().invoke(main, ["jobs", "dead", "--config", str(config)], env=env)
+    assert_one_error_line(explicit, 2, "memory://")  # --config wins over the environment

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,14 @@ def test_run_status_and_graceful_stop(tmp_path: Path, env: dict[str, str]) -> No
         ).stdout
         assert "QUEUE" in table
         assert any(line.split()[:1] == ["ticker"] and "no" in line for line in table.splitlines())
+        rows = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+        # times to the second with their offset; durations as 2s, 12ms
+        assert re.search(r" \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 ", rows["ticker/tick"])
+        assert rows["METRIC"].split() == ["METRIC", "LABELS", "VALUE"]
+        assert re.search(
+            r"task=ticker\.tick +count \d+, p50 [\d.]+(ms|s), p99 [\d.]+(ms|s), max [\d.]+(ms|s)$",
+            rows["job_run_seconds"],
+        ), rows["job_run_seconds"]
         process.send_signal(signal.SIGTERM)
         rest = process.stderr.read()
         assert process.wait(timeout=30) == 0, rest
@@ -170,7 +179,7 @@ def test_stop_after_ends_the_run_cleanly(tmp_path: Path, env: dict[str, str]) ->
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "--stop-after 0.5s reached: stopping" in done.stderr
+    assert "--stop-after 500ms reached: stopping" in done.stderr
     assert "tick: ok" in done.stderr
     assert "kernel stopped" in done.stderr
 

@@ -193,28 +193,25 @@ def _docs_example() -> str:
 
 
 def test_the_documented_example_parses_and_its_plugin_configs_structure() -> None:
+    """(tests/test_docs.py also runs it.)"""
+    from examples.data_sync import DataSyncConfig
+    from examples.retention_cleanup import RetentionCleanupConfig, RetentionRule
+
     config = parse_config(_docs_example(), source="kernel.toml")
     assert config.kernel.storage == "sqlite:///state.db"
     assert config.kernel.status_socket == Path("kernel.sock")
     assert list(config.plugins) == ["sync", "retention"]
     sync = structure_config(
         config.plugins["sync"].config,
-        SyncConfig,
+        DataSyncConfig,
         source="kernel.toml",
         prefix="plugins.sync.config",
     )
-    assert sync == SyncConfig(
-        source="https://example.com/feed.json",
-        interval=datetime.timedelta(minutes=1),
-        batch_size=100,
-    )
+    assert sync == DataSyncConfig(interval=datetime.timedelta(minutes=1), batch_size=100)
     retention = structure_config(
-        config.plugins["retention"].config, RetentionConfig, source="kernel.toml"
+        config.plugins["retention"].config, RetentionCleanupConfig, source="kernel.toml"
     )
-    assert retention.rules == [
-        Rule(match="jobs/*", days=30),
-        Rule(match="logs/*", days=7, action="archive"),
-    ]
+    assert retention.rules == (RetentionRule("jobs/", 30), RetentionRule("logs/", 7))
 
 
 def test_load_config_reads_a_file_and_names_it(tmp_path: Path) -> None:

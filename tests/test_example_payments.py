@@ -3,8 +3,10 @@ and a daily settlement, under trio's MockClock."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -98,3 +100,43 @@ async def test_the_settlement_runs_daily_and_after_downtime(autojump_clock: Mock
     async with Kernel([plugin], jobs=jobs, clock=clock):
         await trio.sleep(60)  # RunOnce: the missed settlement runs at start
     assert payments.settlements == [500, 500, 500]
+
+
+async def test_the_demo_logs_what_it_does_and_a_dead_letter_comes_within_seconds(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the README walks through: `kernel run examples/payments.toml`
+    (the demo provider and feed), a declined card in the dead letters within
+    a few seconds, put back (as `kernel jobs retry` does) and charged by the
+    next run."""
+    caplog.set_level(logging.INFO, logger="kernel.plugin.payments")
+    jobs = MemoryJobStore()
+    config = PaymentsConfig(demo_orders_every=timedelta(seconds=1))
+    async with Kernel(
+        [PluginSpec(Payments(), config=config)], jobs=jobs, clock=Clock.starting_at(T0)
+    ):
+        await trio.sleep(5)
+    (dead,) = await jobs.list_jobs(state=JobState.dead)
+    assert dead.last_error is not None
+    assert "CardDeclined: card declined" in dead.last_error
+    order = dead.args[0]
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("charging orders with up to 5 attempts") for line in lines)
+    assert (
+        f"order {order}: card declined: insufficient funds; the job goes to the dead letters"
+        in lines
+    )
+    assert sum(" queued as job " in line for line in lines) >= 4
+    assert sum(line.endswith(": charged 19.99") for line in lines) >= 2
+
+    caplog.clear()
+    fixed = FakePaymentProvider(failure_rate=0.0)  # the customer has fixed the card
+    clock = Clock.starting_at(T0)
+    async with Kernel([PluginSpec(Payments(fixed), config=config)], jobs=jobs, clock=clock):
+        # what `kernel jobs retry` does, here while the next run goes
+        assert await jobs.retry_dead(dead.id, now=clock.now()) is not None
+        await trio.sleep(2)  # the queue wakes at the next order and claims it
+    after = await jobs.get_job(dead.id)
+    assert after is not None
+    assert after.state is JobState.succeeded, after.last_error
+    assert f"order {order}: charged 19.99" in [record.getMessage() for record in caplog.records]

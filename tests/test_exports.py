@@ -131,6 +131,7 @@ SURFACE: dict[str, list[str]] = {
         "PluginStateError",
         "SchemaOutdated",
         "SchemaVersionError",
+        "StatusSocketError",
         "StatusUnavailable",
         "StorageClosed",
         "StorageError",

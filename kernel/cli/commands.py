@@ -1,53 +1,86 @@
 """The ``kernel`` command line.
 
 One click group, `main`; each subcommand is a thin shell over the library.
-A bad argument is one ``error: ...`` line on stderr and exit status 2, never
-a traceback: `KernelGroup` turns every click usage error into that line, and
-commands turn the library's own errors into `click.UsageError`. Add a
-command with ``@main.command()``; it inherits the error style.
+A failure is one ``error: ...`` line on stderr, never a traceback:
+`KernelGroup` turns every click usage error and every error a command lets
+out into that line, with exit status 2 for a usage error and 1 for the rest
+(`kernel.cli._output`), so commands simply let the library's errors
+through. Add a command with ``@main.command()``; it inherits the error
+style. ``kernel --version`` prints the version; ``kernel --debug COMMAND``
+adds the traceback of an unexpected error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
+import urllib.parse
 from datetime import datetime, tzinfo
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import trio
 
-from kernel.cli._output import KernelGroup, fail, table
-from kernel.cli.jobs import jobs_group
-from kernel.config.durations import parse_duration
-from kernel.config.files import KernelConfig, load_config
-from kernel.errors import (
-    AdapterLoadError,
-    AdapterNotFound,
-    CronSyntaxError,
-    EntryPointConflict,
-    InvalidAdapterURL,
-    KernelError,
-    StatusUnavailable,
+from kernel.cli._output import (
+    KernelGroup,
+    LogFormatter,
+    escape,
+    fail,
+    format_time,
+    sole_error,
+    table,
 )
+from kernel.cli.jobs import jobs_group
+from kernel.config.durations import describe_duration, parse_duration
+from kernel.config.files import KernelConfig, load_config
+from kernel.errors import KernelError, StatusUnavailable
 from kernel.runtime.discovery import load_plugin_factory, open_storage, upgrade_storage
 from kernel.runtime.kernel import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
 from kernel.runtime.plugins import Manifest
 from kernel.runtime.status import read_status, serve_status
+from kernel.storage.sqlite import MEMORY, parse_sqlite_url
 from kernel.time.cron import CronExpression
 from kernel.urls import redact_url
 
 __all__ = ["main"]
 
-_URL_ERRORS = (InvalidAdapterURL, AdapterNotFound, AdapterLoadError, EntryPointConflict)
-"""Errors that mean the URL on the command line is wrong (exit 2)."""
+
+def _version() -> str:
+    try:
+        return version("trio-kernel")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _debug(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        KernelGroup.debug = True
 
 
 @click.group(cls=KernelGroup)
+@click.version_option(
+    _version(), "-V", "--version", prog_name="trio-kernel", message="%(prog)s %(version)s"
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug,
+    help="On an unexpected error, print its traceback too (or set KERNEL_DEBUG=1).",
+)
 def main() -> None:
-    """trio-kernel: an embeddable scheduler microkernel on trio."""
+    """trio-kernel: an embeddable scheduler microkernel on trio.
+
+    Exit status: 0 done; 1 not found, wrong state, or a backend failed;
+    2 a usage error (argument, config file, URL). `kernel run` adds 3 and 4.
+    """
 
 
 def _zone(name: str) -> tzinfo:
@@ -103,10 +136,7 @@ def cron_command(expression: str, zone_name: str, count: int, start_text: str | 
     seconds first; @daily and the other aliases; L, W and # in the day fields.
     """
     zone = _zone(zone_name)
-    try:
-        cron = CronExpression.parse(expression)
-    except CronSyntaxError as error:
-        raise click.UsageError(str(error)) from None
+    cron = CronExpression.parse(expression)
     moment = _start(start_text, zone)
     for _ in range(count):
         try:
@@ -120,54 +150,48 @@ def cron_command(expression: str, zone_name: str, count: int, start_text: str | 
 
 
 def _load(config_path: str) -> tuple[KernelConfig, list[PluginSpec]]:
-    """The config file and the plugins it names, or a one-line usage error.
+    """The config file and the plugins it names (errors are usage errors).
 
     Like ``python -m`` (and uvicorn), the working directory is importable, so
     ``use = "mymodule:MyPlugin"`` finds a module next to where you run."""
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    try:
-        config = load_config(config_path)
-        specs = []
-        for name, entry in config.plugins.items():
-            factory = load_plugin_factory(entry.use)
-            plugin = factory()
-            if not isinstance(getattr(type(plugin), "manifest", None), Manifest):
-                raise click.UsageError(
-                    f"plugin {name!r}: {entry.use!r} made a {type(plugin).__name__},"
-                    " which has no Manifest (is it a kernel.Plugin?)"
-                )
-            specs.append(
-                PluginSpec(
-                    plugin,  # type: ignore[arg-type]
-                    name=name,
-                    config=entry.config,
-                    enabled=entry.enabled,
-                    source=config.source,
-                )
+    config = load_config(config_path)
+    specs = []
+    for name, entry in config.plugins.items():
+        factory = load_plugin_factory(entry.use)
+        plugin = factory()
+        if not isinstance(getattr(type(plugin), "manifest", None), Manifest):
+            raise click.UsageError(
+                f"plugin {name!r}: {entry.use!r} made a {type(plugin).__name__},"
+                " which has no Manifest (is it a kernel.Plugin?)"
             )
-    except KernelError as error:
-        raise click.UsageError(str(error)) from None
+        specs.append(
+            PluginSpec(
+                plugin,  # type: ignore[arg-type]
+                name=name,
+                config=entry.config,
+                enabled=entry.enabled,
+                source=config.source,
+            )
+        )
     return config, specs
 
 
 def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
     settings = config.kernel
-    try:
-        return Kernel(
-            specs,
-            storage=settings.storage,
-            bus=settings.bus,
-            notifier=settings.notifiers,
-            shutdown_grace=settings.shutdown_grace.total_seconds(),
-            health_interval=settings.health_interval.total_seconds(),
-            job_lease=settings.job_lease,
-            job_heartbeat=settings.job_heartbeat,
-            loop_stall=settings.loop_stall.total_seconds(),
-            unknown_task_grace=settings.unknown_task_grace,
-        )
-    except KernelError as error:
-        raise click.UsageError(str(error)) from None
+    return Kernel(
+        specs,
+        storage=settings.storage,
+        bus=settings.bus,
+        notifier=settings.notifiers,
+        shutdown_grace=settings.shutdown_grace.total_seconds(),
+        health_interval=settings.health_interval.total_seconds(),
+        job_lease=settings.job_lease,
+        job_heartbeat=settings.job_heartbeat,
+        loop_stall=settings.loop_stall.total_seconds(),
+        unknown_task_grace=settings.unknown_task_grace,
+    )
 
 
 async def _serve(kernel: Kernel, socket_path: Path | None, stop_after: float | None) -> ExitCode:
@@ -186,17 +210,30 @@ async def _stop_later(
 ) -> None:
     task_status.started()
     await trio.sleep(seconds)
-    logging.getLogger("kernel").info("--stop-after %gs reached: stopping", seconds)
+    logging.getLogger("kernel").info(
+        "--stop-after %s reached: stopping", describe_duration(seconds)
+    )
     kernel.request_stop()
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """A duration as config files spell it; a plain number is seconds there,
+    and so it is here (``--stop-after 5``)."""
     if value is None:
         return None
     try:
-        return parse_duration(value).total_seconds()
+        seconds = float(value)
+    except ValueError:
+        spelled: object = value
+    else:
+        spelled = seconds if math.isfinite(seconds) else value
+    try:
+        duration = parse_duration(spelled).total_seconds()
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    if duration <= 0:
+        raise click.BadParameter(f"expected a positive duration, got {value!r}")
+    return duration
 
 
 @main.command("run")
@@ -210,7 +247,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     "--stop-after",
     metavar="DURATION",
     callback=_duration,
-    help="Stop gracefully after this long (e.g. 30s, 5m): for demos and smoke tests.",
+    help="Stop gracefully after this long (30s, 5m, or plain seconds): for demos and smoke tests.",
 )
 def run_command(config_path: str, log_level: str | None, stop_after: float | None) -> None:
     """Run the plugins of CONFIG.toml until SIGINT or SIGTERM.
@@ -222,24 +259,21 @@ def run_command(config_path: str, log_level: str | None, stop_after: float | Non
     config, specs = _load(config_path)
     kernel = _kernel(config, specs)
     level = (log_level or config.kernel.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
     socket_path = config.kernel.status_socket
     try:
         code = trio.run(_serve, kernel, socket_path, stop_after)
     except Exception as raised:
-        error = _sole_error(raised)
-        if isinstance(error, KernelError):  # while starting: a plugin config, an adapter URL
-            fail(str(error), ExitCode.USAGE)
-        logging.getLogger("kernel").debug("kernel failed", exc_info=True)
+        error = sole_error(raised)
+        if isinstance(error, KernelError):  # a plugin config, an adapter URL, the store
+            raise error from None
+        logging.getLogger("kernel").debug("the kernel failed", exc_info=raised)
+        if KernelGroup.debug:
+            raise
         fail(f"the kernel failed: {type(error).__name__}: {error}", ExitCode.ERROR)
     sys.exit(int(code))
-
-
-def _sole_error(error: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 @main.group("plugins", cls=KernelGroup)
@@ -247,34 +281,69 @@ def plugins_group() -> None:
     """Inspect the plugins of a configuration."""
 
 
+_JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON instead of a table."
+)
+
+
 @plugins_group.command("ls")
 @click.argument("config_path", metavar="CONFIG.toml")
-def plugins_ls(config_path: str) -> None:
-    """List the plugins of CONFIG.toml: version, permissions and stored state."""
+@_JSON_OPTION
+def plugins_ls(config_path: str, as_json: bool) -> None:
+    """List the plugins of CONFIG.toml: version, permissions and stored state.
+
+    Reads the stored states from [kernel] storage without changing it: a
+    SQLite file that does not exist yet is not created.
+    """
     config, specs = _load(config_path)
-    try:
-        states = trio.run(_stored_states, config.kernel.storage, [s.instance_name for s in specs])
-    except KernelError as error:
-        fail(str(error), ExitCode.USAGE)
+    states = trio.run(_stored_states, config.kernel.storage, [s.instance_name for s in specs])
+    plugins = [
+        {
+            "name": spec.instance_name,
+            "version": spec.manifest.version,
+            "description": spec.manifest.description,
+            "state": states.get(spec.instance_name),
+            "enabled": spec.enabled,
+            "permissions": sorted(p.value for p in spec.manifest.permissions),
+            "requires": list(spec.manifest.requires),
+            "use": entry.use,
+        }
+        for spec, entry in zip(specs, config.plugins.values(), strict=True)
+    ]
+    if as_json:
+        click.echo(json.dumps({"plugins": plugins}, indent=2, ensure_ascii=False))
+        return
     rows: list[tuple[str, ...]] = [
         ("NAME", "VERSION", "STATE", "CONFIGURED", "PERMISSIONS", "USES")
     ]
-    for spec, entry in zip(specs, config.plugins.values(), strict=True):
-        manifest = spec.manifest
-        rows.append(
-            (
-                spec.instance_name,
-                manifest.version,
-                states.get(spec.instance_name, "not installed"),
-                "enabled" if spec.enabled else "disabled",
-                ",".join(sorted(p.value for p in manifest.permissions)) or "-",
-                entry.use,
-            )
+    rows += [
+        (
+            str(plugin["name"]),
+            str(plugin["version"]),
+            str(plugin["state"] or "not installed"),
+            "enabled" if plugin["enabled"] else "disabled",
+            ",".join(plugin["permissions"]) or "-",  # type: ignore[arg-type]
+            str(plugin["use"]),
         )
+        for plugin in plugins
+    ]
     table(rows)
 
 
+def _stored_nowhere(url: str) -> bool:
+    """Whether ``url`` names a store that cannot hold state yet: a SQLite file
+    that does not exist (opening it would create it) or an in-memory one."""
+    if urllib.parse.urlsplit(url).scheme.lower() == "memory":
+        return True
+    if urllib.parse.urlsplit(url).scheme.lower() != "sqlite":
+        return False
+    path = parse_sqlite_url(url).path
+    return path == MEMORY or not os.path.exists(path)
+
+
 async def _stored_states(url: str, names: list[str]) -> dict[str, str]:
+    if _stored_nowhere(url):
+        return {}
     storage = await open_storage(url)
     try:
         states = {}
@@ -292,7 +361,7 @@ async def _stored_states(url: str, names: list[str]) -> dict[str, str]:
 @click.option("--socket", "socket_option", metavar="PATH", help="The status socket to ask.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON status.")
 def status_command(config_path: str | None, socket_option: str | None, as_json: bool) -> None:
-    """Show health, plugins, schedules and metrics of a running kernel.
+    """Show health, plugins, schedules, job queues and metrics of a running kernel.
 
     The kernel answers on the Unix socket named by [kernel] status_socket;
     give the config file or --socket (default: kernel.sock here).
@@ -310,32 +379,41 @@ def status_command(config_path: str | None, socket_option: str | None, as_json: 
         status = read_status(path)
     except StatusUnavailable as error:
         fail(f"{error} (is `kernel run` going, with this status_socket?)", 1)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         fail(f"cannot read the status at {path}: {error}", 1)
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
+    _show_status(status)
+
+
+def _show_status(status: dict[str, Any]) -> None:
     health = status["health"]
     reasons = "; ".join(health.get("reasons", []))
-    click.echo(f"health: {health['status']}" + (f" ({reasons})" if reasons else ""))
+    click.echo(escape(f"health: {health['status']}" + (f" ({reasons})" if reasons else "")))
     rows: list[tuple[str, ...]] = [("PLUGIN", "STATE", "RESTARTS", "REASON")]
     rows += [
-        (name, p["state"], str(p["restarts"]), p["reason"]) for name, p in status["plugins"].items()
+        (name, p["state"], str(p["restarts"]), p["reason"] or "-")
+        for name, p in status["plugins"].items()
     ]
+    click.echo()
     table(rows)
-    rows = [("SCHEDULE", "NEXT FIRE", "RUNS", "FAILED", "SKIPPED", "MISSED")]
-    rows += [
-        (
-            s["name"],
-            s["next_fire_time"] or "-",
-            str(s["started"]),
-            str(s["failed"]),
-            str(s["skipped"]),
-            str(s["missed"]),
-        )
-        for s in status["schedules"]
-    ]
-    table(rows)
+    schedules = status.get("schedules", [])
+    if schedules:
+        rows = [("SCHEDULE", "NEXT FIRE", "RUNS", "FAILED", "SKIPPED", "MISSED")]
+        rows += [
+            (
+                s["name"],
+                _time_text(s["next_fire_time"]),
+                str(s["started"]),
+                str(s["failed"]),
+                str(s["skipped"]),
+                str(s["missed"]),
+            )
+            for s in schedules
+        ]
+        click.echo()
+        table(rows)
     queues = status.get("queues", [])
     if queues:
         rows = [("QUEUE", "RUNNING", "CONCURRENCY", "PAUSED")]
@@ -343,7 +421,45 @@ def status_command(config_path: str | None, socket_option: str | None, as_json: 
             (q["name"], str(q["running"]), str(q["concurrency"]), "yes" if q["paused"] else "no")
             for q in queues
         ]
+        click.echo()
         table(rows)
+    metrics = status.get("metrics", {})
+    if metrics:
+        rows = [("METRIC", "LABELS", "VALUE")]
+        for name, family in metrics.items():
+            for series in family["series"]:
+                labels = ",".join(f"{k}={v}" for k, v in series["labels"].items()) or "-"
+                rows.append((name, labels, _metric_text(name, family["kind"], series)))
+        click.echo()
+        table(rows)
+
+
+def _time_text(text: str | None) -> str:
+    if not text:
+        return "-"
+    try:
+        return format_time(datetime.fromisoformat(text))
+    except ValueError:
+        return text
+
+
+def _metric_text(name: str, kind: str, series: dict[str, Any]) -> str:
+    """A counter or gauge's value; a histogram's count, p50, p99 and max,
+    as durations when the metric counts seconds."""
+    if kind != "histogram":
+        return _number(series["value"])
+    if not series["count"]:
+        return "count 0"
+    shown = describe_duration if name.endswith("_seconds") else _number
+    parts = [f"count {series['count']}"]
+    parts += [
+        f"{key} {shown(series[key])}" for key in ("p50", "p99", "max") if series[key] is not None
+    ]
+    return ", ".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
 @main.group("db", cls=KernelGroup)
@@ -360,12 +476,7 @@ def db_upgrade(url: str) -> None:
     starts: a kernel finding an old schema refuses to start and names this
     command. Safe to run while kernels run, and from several hosts at once.
     """
-    try:
-        applied = trio.run(upgrade_storage, url)
-    except _URL_ERRORS as error:
-        raise click.UsageError(str(error)) from None
-    except KernelError as error:
-        fail(str(error), 1)
+    applied = trio.run(upgrade_storage, url)
     where = redact_url(url)
     if applied:
         click.echo(f"{where}: applied schema version(s) {', '.join(map(str, applied))}")

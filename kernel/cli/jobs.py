@@ -5,8 +5,10 @@ The operator's side of the queue, as Sidekiq's and Hangfire's dashboards or
 stay readable), show one with its full traceback, put a dead job back,
 cancel a live one, and purge the dead letters.
 
-Every command names its store the same way: ``--store URL`` or
-``--config CONFIG.toml`` (its ``[kernel] storage``), exactly one. The
+Every command names its store the same way: ``--store URL`` (or the
+``KERNEL_STORE`` environment variable, which keeps a password out of the
+process list and the shell history) or ``--config CONFIG.toml`` (its
+``[kernel] storage``), exactly one. The
 commands talk to the store directly, not to a running kernel: a kernel
 notices a job cancelled here at its next lease heartbeat, and claims a job
 put back here when that queue next wakes. ``memory://`` (and
@@ -15,7 +17,8 @@ process can never see its jobs.
 
 `kernel.cli.commands` registers `jobs_group` on its ``main``. Errors reach
 ``main`` (a `kernel.cli._output.KernelGroup`), which prints them as one
-line.
+line with the status of their kind. Human output escapes control
+characters (error texts come from task code); ``--json`` is exact.
 
 Exit codes: 0 done; 1 the job is not there, or not in a state the command
 acts on, or the store failed; 2 a usage error (a malformed id, URL, state
@@ -36,17 +39,10 @@ import attrs
 import click
 import trio
 
-from kernel.cli._output import table
+from kernel.cli._output import escape, format_time, table
 from kernel.config.durations import parse_duration
 from kernel.config.files import load_config
-from kernel.errors import (
-    AdapterLoadError,
-    AdapterNotFound,
-    EntryPointConflict,
-    InvalidAdapterURL,
-    InvalidJob,
-    KernelError,
-)
+from kernel.errors import InvalidJob
 from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JobStore
 from kernel.runtime.discovery import open_storage
@@ -61,42 +57,42 @@ T = TypeVar("T")
 DEFAULT_PAGE: Final = 50
 """Rows a listing prints unless ``--limit`` says otherwise."""
 
+STORE_ENV: Final = "KERNEL_STORE"
+"""The environment variable ``--store`` falls back to."""
+
 _SUMMARY_WIDTH: Final = 60
 _TRACEBACK: Final = "Traceback (most recent call last):"
-_USAGE_ERRORS = (
-    InvalidAdapterURL,
-    AdapterNotFound,
-    AdapterLoadError,
-    EntryPointConflict,
-    InvalidJob,
-)
-"""Library errors that mean the command line was wrong (exit 2); any other
-`KernelError` is the store failing (exit 1)."""
 
 
 @attrs.frozen
 class StoreSource:
     """Where the job store comes from: its ``url``, and the ``option`` words
-    that named it (``("--store", url)`` or ``("--config", path)``), so a
-    printed next-page command names the store the same way."""
+    that named it (``("--store", url)``, ``("--config", path)``, or none for
+    ``KERNEL_STORE``), so a printed next-page command names the store the
+    same way."""
 
     url: str
-    option: tuple[str, str]
+    option: tuple[str, ...]
 
 
 def _source(store_url: str | None, config_path: str | None) -> StoreSource:
+    from_env = (
+        store_url is not None
+        and click.get_current_context().get_parameter_source("store_url")
+        is click.core.ParameterSource.ENVIRONMENT
+    )
+    if from_env and config_path is not None:
+        store_url = None  # an explicit --config wins over the environment
     if store_url is not None and config_path is not None:
         raise click.UsageError("give --store or --config, not both")
     if store_url is not None:
-        return StoreSource(store_url, ("--store", store_url))
+        return StoreSource(store_url, () if from_env else ("--store", store_url))
     if config_path is not None:
-        try:
-            url = load_config(config_path).kernel.storage
-        except KernelError as error:
-            raise click.UsageError(str(error)) from None
+        url = load_config(config_path).kernel.storage
         return StoreSource(url, ("--config", config_path))
     raise click.UsageError(
-        "no job store: give --store URL (e.g. --store sqlite:///state.db) or --config CONFIG.toml"
+        "no job store: give --store URL (e.g. --store sqlite:///state.db), "
+        f"set {STORE_ENV}, or give --config CONFIG.toml"
     )
 
 
@@ -112,10 +108,7 @@ def _check_url(url: str) -> None:
         )
     if scheme != "sqlite":
         return
-    try:
-        path = parse_sqlite_url(url).path
-    except InvalidAdapterURL as error:
-        raise click.UsageError(str(error)) from None
+    path = parse_sqlite_url(url).path
     if path == MEMORY:
         raise click.UsageError(
             f"{shown} is a private in-memory database, empty in every process; "
@@ -142,15 +135,9 @@ async def _with_store(url: str, action: Callable[[JobStore], Awaitable[T]]) -> T
 
 
 def _run(source: StoreSource, action: Callable[[JobStore], Awaitable[T]]) -> T:
-    """Run ``action`` on the opened store in `trio.run`, closing it after;
-    library errors become one-line click errors."""
+    """Run ``action`` on the opened store in `trio.run`, closing it after."""
     _check_url(source.url)
-    try:
-        return trio.run(_with_store, source.url, action)
-    except _USAGE_ERRORS as error:
-        raise click.UsageError(str(error)) from None
-    except KernelError as error:
-        raise click.ClickException(str(error)) from None
+    return trio.run(_with_store, source.url, action)
 
 
 def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,7 +151,8 @@ def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "--store",
         "store_url",
         metavar="URL",
-        help="The job store, e.g. sqlite:///state.db.",
+        envvar=STORE_ENV,
+        help=f"The job store, e.g. sqlite:///state.db (default: ${STORE_ENV}).",
     )(command)
 
 
@@ -194,6 +182,12 @@ _LIMIT = click.option(
 _AFTER = click.option(
     "--after", "after_id", metavar="ID", help="Start after this job id (the next page)."
 )
+_JSON = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"jobs": [...], "next_after": ID or null} (payloads left out).',
+)
 
 
 # -- formatting -------------------------------------------------------------------
@@ -215,10 +209,6 @@ def error_summary(text: str | None, width: int = _SUMMARY_WIDTH) -> str:
     return first if len(first) <= width else first[: width - 3] + "..."
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _rows(jobs: list[JobRecord]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         ("ID", "TASK", "QUEUE", "STATE", "PRIORITY", "ATTEMPTS", "RUN AT", "LAST ERROR")
@@ -231,7 +221,7 @@ def _rows(jobs: list[JobRecord]) -> list[tuple[str, ...]]:
             job.state.value,
             str(job.priority),
             str(job.attempts),
-            _when(job.run_at),
+            format_time(job.run_at),
             error_summary(job.last_error),
         )
         for job in jobs
@@ -247,8 +237,10 @@ def _list_page(
     queue: str | None,
     limit: int,
     after_id: str | None,
+    as_json: bool,
 ) -> None:
-    """Print one page, and when more follow, the command that prints the next.
+    """Print one page, and when more follow, the command that prints the next
+    (with ``--json``, the id to pass as ``--after``).
 
     Keyset paging on the id (``id > after``), as the stores order listings:
     a page is one index range scan however deep, and jobs added or removed
@@ -266,19 +258,48 @@ def _list_page(
     jobs = _run(source, page)
     more = len(jobs) > limit or (len(jobs) == limit == MAX_LIST_LIMIT)
     jobs = jobs[:limit]
+    if as_json:
+        listed = [_without_payload(job.to_json()) for job in jobs]
+        next_after = jobs[-1].id if more else None
+        click.echo(json.dumps({"jobs": listed, "next_after": next_after}, ensure_ascii=False))
+        return
     if not jobs:
         click.echo("no more jobs" if after_id is not None else "no jobs")
         return
     table(_rows(jobs))
     if more:
-        words = ["kernel", "jobs", *command, *source.option]
-        if limit != DEFAULT_PAGE:
-            words += ["--limit", str(limit)]
-        words += ["--after", jobs[-1].id]
-        click.echo(f"more jobs follow; next page: {shlex.join(words)}")
+        click.echo(
+            f"more jobs follow; next page: {_next_page(source, command, limit, jobs[-1].id)}"
+        )
+
+
+def _without_payload(fields: dict[str, Any]) -> dict[str, Any]:
+    """A listed job: every field but its arguments (``kernel jobs show`` has them)."""
+    return {name: value for name, value in fields.items() if name not in ("args", "kwargs")}
+
+
+def _next_page(source: StoreSource, command: list[str], limit: int, last_id: str) -> str:
+    """The command that prints the next page, naming the store as this one
+    did, but never with a secret: a password in ``--store`` shows as ``***``."""
+    option = source.option
+    hidden = False
+    if option[:1] == ("--store",):
+        shown = redact_url(source.url)
+        hidden = shown != source.url
+        option = ("--store", shown)
+    words = ["kernel", "jobs", *command, *option]
+    if limit != DEFAULT_PAGE:
+        words += ["--limit", str(limit)]
+    words += ["--after", last_id]
+    hint = shlex.join(words)
+    if hidden:
+        hint += f" (put the hidden secret back, or set {STORE_ENV} and leave out --store)"
+    return hint
 
 
 def _describe(job: JobRecord) -> list[str]:
+    """``name: value`` lines, times in the one human format, then the full
+    last error indented below ``last_error:``."""
     fields = job.to_json()
     last_error = fields.pop("last_error")
     width = max(len(name) for name in fields) + 1
@@ -286,6 +307,8 @@ def _describe(job: JobRecord) -> list[str]:
     for name, value in fields.items():
         if value is None:
             shown = "-"
+        elif name in _TIME_FIELDS:
+            shown = format_time(getattr(job, name))
         elif isinstance(value, str):
             shown = value
         else:
@@ -295,8 +318,15 @@ def _describe(job: JobRecord) -> list[str]:
         lines.append("last_error: -")
     else:
         lines.append("last_error:")
-        lines += [f"  {line}" for line in str(last_error).splitlines()]
-    return lines
+        # only a newline ends a line: a bare CR is shown (escaped), never obeyed
+        text = str(last_error).replace("\r\n", "\n").rstrip("\n")
+        lines += [f"  {line}" for line in text.split("\n")]
+    return [escape(line) for line in lines]
+
+
+_TIME_FIELDS: Final = frozenset(
+    {"run_at", "enqueued_at", "lease_expires_at", "finished_at", "fire_time"}
+)
 
 
 async def _existing(store: JobStore, job_id: str) -> JobRecord:
@@ -329,6 +359,7 @@ def jobs_group() -> None:
 @click.option("--queue", metavar="QUEUE", help="Only jobs of this queue.")
 @_LIMIT
 @_AFTER
+@_JSON
 def jobs_ls(
     store_url: str | None,
     config_path: str | None,
@@ -336,6 +367,7 @@ def jobs_ls(
     queue: str | None,
     limit: int,
     after_id: str | None,
+    as_json: bool,
 ) -> None:
     """List jobs by id, a page at a time; the last line gives the next page's command."""
     source = _source(store_url, config_path)
@@ -351,6 +383,7 @@ def jobs_ls(
         queue=queue,
         limit=limit,
         after_id=after_id,
+        as_json=as_json,
     )
 
 
@@ -358,12 +391,21 @@ def jobs_ls(
 @_store_options
 @_LIMIT
 @_AFTER
+@_JSON
 def jobs_dead(
-    store_url: str | None, config_path: str | None, limit: int, after_id: str | None
+    store_url: str | None, config_path: str | None, limit: int, after_id: str | None, as_json: bool
 ) -> None:
     """List the dead letters: jobs that failed for good (like ls --state dead)."""
     source = _source(store_url, config_path)
-    _list_page(source, ["dead"], state=JobState.dead, queue=None, limit=limit, after_id=after_id)
+    _list_page(
+        source,
+        ["dead"],
+        state=JobState.dead,
+        queue=None,
+        limit=limit,
+        after_id=after_id,
+        as_json=as_json,
+    )
 
 
 @jobs_group.command("show")
@@ -463,7 +505,7 @@ def jobs_purge_dead(
         if doomed == 0:
             click.echo("no dead jobs to purge")
             return
-        which = "" if cutoff is None else f" that died before {_when(cutoff)}"
+        which = "" if cutoff is None else f" that died before {format_time(cutoff)}"
         question = f"delete {doomed} dead job(s){which} from {redact_url(source.url)}?"
         if not click.confirm(question, default=False):
             raise click.ClickException("not confirmed: nothing purged")

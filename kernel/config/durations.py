@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from kernel.config._messages import SCALAR_NAMES, BadValue, format_duration
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["describe_duration", "format_duration", "parse_duration"]
 
 # ---------------------------------------------------------------------------
 # Durations
@@ -65,3 +65,34 @@ def parse_duration(value: object) -> datetime.timedelta:
         return datetime.timedelta(microseconds=int(micros.to_integral_value()))
     except (OverflowError, InvalidOperation):
         raise BadValue("a duration of at most 999999999 days", value) from None
+
+
+def describe_duration(value: datetime.timedelta | float) -> str:
+    """``value`` (a timedelta or seconds) for people to read, in the syntax
+    `parse_duration` reads: three significant figures below a minute
+    (``"0.42ms"``, ``"12ms"``, ``"1.5s"``, ``"2s"``), then whole seconds,
+    minutes or hours in the two largest units (``"1m"``, ``"1m30s"``,
+    ``"2h5m"``, ``"3d4h"``). Used by every human view (``kernel status``,
+    the log), so a duration reads the same everywhere; `format_duration` is
+    the exact spelling for config files."""
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {value!r}")
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        milliseconds = float(f"{seconds * 1000:.3g}")
+        if milliseconds < 1000:
+            return f"{milliseconds:g}ms"
+        seconds = 1.0
+    if seconds < 60:
+        shown = float(f"{seconds:.3g}")
+        if shown < 60:
+            return f"{shown:g}s"
+    units = ((86_400, "d", 3_600, "h"), (3_600, "h", 60, "m"), (60, "m", 1, "s"))
+    for size, name, smaller, smaller_name in units:  # pragma: no branch - seconds >= 59.95
+        rounded = round(seconds / smaller) * smaller
+        if rounded >= size:
+            first, rest = divmod(rounded, size)
+            return f"{first}{name}" + (f"{rest // smaller}{smaller_name}" if rest else "")
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -16,6 +16,7 @@ from kernel.config._messages import BadValue, format_duration, join_key_path, un
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
 from kernel.notifier.routing import NotifyRoute, routes_from
+from kernel.urls import redact_url
 
 __all__ = [
     "KernelConfig",
@@ -44,7 +45,9 @@ def _adapter_url(_: object, attribute: attrs.Attribute[Any], value: object) -> N
     if not isinstance(value, str):
         raise BadValue("a URL string", value)
     if not _URL.match(value) or value != value.strip():
-        raise BadValue("a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", value)
+        raise BadValue(
+            "a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", redact_url(value)
+        )
 
 
 def _notifier_urls(_: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 import trio
 
+from kernel.config.durations import describe_duration
 from kernel.errors import PermissionDenied
 from kernel.notifier.context import notification_context
 from kernel.observe.metrics import MetricsView
@@ -280,7 +281,7 @@ class PluginContext:
                     failures.inc()
                     log.info("%s: failed: %s: %s", label, type(exc).__name__, exc)
                     raise
-            log.info("%s: ok in %.1f ms", label, (watch.elapsed or 0.0) * 1000)
+            log.info("%s: ok in %s", label, describe_duration(watch.elapsed or 0.0))
 
         if self._queue is None:
             if retry is not None or timeout is not None:

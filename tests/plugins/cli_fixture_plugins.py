@@ -16,7 +16,11 @@ class TickerConfig:
 
 class Ticker(Plugin):
     manifest = Manifest(
-        "ticker", version="1.2.3", permissions=["storage-write"], config=TickerConfig
+        "ticker",
+        version="1.2.3",
+        description="Ticks on a schedule (a CLI test fixture).",
+        permissions=["storage-write"],
+        config=TickerConfig,
     )
 
     async def on_enable(self, ctx: PluginContext) -> None:

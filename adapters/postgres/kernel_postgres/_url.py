@@ -30,7 +30,6 @@ __all__ = [
     "channel_name",
     "parse_postgres_url",
     "quote_identifier",
-    "shown_url",
 ]
 
 SCHEMES: Final = ("postgresql", "postgres")
@@ -48,14 +47,7 @@ DEFAULT_BUFFER: Final = 1024
 DEFAULT_MAX_MESSAGE: Final = 1024 * 1024
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 _MAX_CHANNEL_BYTES: Final = 63
-
-
-def shown_url(url: str) -> str:
-    """``url`` safe to print: the password of the user-info and any
-    ``password=`` option replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", redact_url(url))
 
 
 def quote_identifier(name: str) -> str:
@@ -140,7 +132,7 @@ def parse_postgres_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) 
     """
     if not isinstance(url, str):
         raise InvalidAdapterURL(repr(url), f"must be a str, not {type(url).__name__}")
-    shown = shown_url(url)
+    shown = redact_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
@@ -170,7 +162,8 @@ def parse_postgres_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) 
     try:
         conninfo_to_dict(conninfo)
     except ProgrammingError as error:
-        raise InvalidAdapterURL(shown, f"libpq refuses it: {error}") from None
+        refusal = redact_url(url, within=redact_url(conninfo, within=str(error)))
+        raise InvalidAdapterURL(shown, f"libpq refuses it: {refusal}") from None
     schema = ours.get("schema", "public")
     if _SCHEMA.fullmatch(schema) is None or schema.startswith("pg_"):
         raise InvalidAdapterURL(
@@ -178,7 +171,7 @@ def parse_postgres_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) 
             f"schema={schema!r}: expected a PostgreSQL name needing no quotes (lower-case "
             "letters, digits and _, not starting with a digit or pg_, at most 63 characters)",
         )
-    location = shown_url(urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")))
+    location = redact_url(urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", "")))
     options = PostgresOptions(conninfo=conninfo, location=location, schema=schema)
     changes: dict[str, Any] = {}
     if "pool_size" in ours:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from pg_helpers import DEFAULT_URL, Admin, drop_schema, with_options
 
-from kernel_postgres._url import shown_url
+from kernel.ports import redact_url
 from kernel_postgres.schema import SCHEMA_VERSION, apply_migrations
 
 
@@ -27,7 +27,7 @@ def pg_server() -> str:
     try:
         psycopg.connect(url, connect_timeout=5).close()
     except psycopg.Error as error:
-        reason = f"PostgreSQL is not reachable at {shown_url(url)}: {error}".strip()
+        reason = f"PostgreSQL is not reachable at {redact_url(url)}: {error}".strip()
         if os.environ.get("KERNEL_REQUIRE_SERVICES") == "1":
             pytest.fail(f"{reason} (KERNEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
         pytest.skip(reason)

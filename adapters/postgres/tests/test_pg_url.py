@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kernel.errors import InvalidAdapterURL
+from kernel.ports import redact_url
 from kernel_postgres import PostgresOptions, parse_postgres_url
-from kernel_postgres._url import BUS_OPTIONS, channel_name, shown_url
+from kernel_postgres._url import BUS_OPTIONS, channel_name
 
 
 def test_defaults_and_what_libpq_gets() -> None:
@@ -90,8 +91,8 @@ def test_errors_never_show_the_password(url: str) -> None:
     assert "***" in str(refused.value)
 
 
-def test_shown_url_redacts_both_places() -> None:
-    assert shown_url("postgresql://a:b@h/db?password=c&x=1") == (
+def test_redact_url_hides_both_places() -> None:
+    assert redact_url("postgresql://a:b@h/db?password=c&x=1") == (
         "postgresql://a:***@h/db?password=***&x=1"
     )
 

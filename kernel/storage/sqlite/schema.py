@@ -6,6 +6,9 @@ the missing ones in one transaction (so two processes opening a new file at
 once migrate it once) and refuses a file whose version is newer than this
 release knows (`SchemaVersionError`), before writing anything. Tables are
 prefixed ``kernel_`` so the file can be an application's own database.
+A new file is created mode 0600, as a private key would be: it holds job
+arguments and tracebacks; SQLite gives its ``-wal`` and ``-shm`` files the
+same mode. An existing file keeps the mode its owner gave it.
 Everything here runs in a worker thread.
 """
 
@@ -151,8 +154,26 @@ VERSION_TABLE = """CREATE TABLE IF NOT EXISTS kernel_schema_version (
 def version_of(path: str) -> int:
     if path == MEMORY or not os.path.exists(path):
         return 0
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        return stored_version(connection)
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            return stored_version(connection)
+    except sqlite3.Error as error:
+        raise StorageError(
+            f"cannot read SQLite database {os.path.abspath(path)}: {error}"
+        ) from error
+
+
+def create_private(path: str) -> None:
+    """Create the database file ``path``, mode 0600, unless it exists."""
+    if path == MEMORY or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another process created it first
+    except OSError as error:
+        location = os.path.abspath(path)
+        raise StorageError(f"cannot open SQLite database {location}: {error.strerror}") from error
 
 
 @contextlib.contextmanager
@@ -205,6 +226,7 @@ def connect(
     path: str, synchronous: Synchronous, busy_timeout: float
 ) -> tuple[sqlite3.Connection, str]:
     location = MEMORY if path == MEMORY else os.path.abspath(path)
+    create_private(path)
     try:
         connection = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
