@@ -33,7 +33,8 @@ import logging
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -112,6 +113,7 @@ class _QueueState:
     running: dict[str, Run] = attrs.field(factory=dict)  # started, outcome not stored
     completed: list[JobRecord] = attrs.field(factory=list)  # succeeded, to store next round
     to_release: list[JobRecord] = attrs.field(factory=list)  # prefetched, to give back
+    storing: int = 0  # outcomes or give-backs taken from the lists above, in flight
     wake: trio.Event = attrs.field(factory=trio.Event)
     ready: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     timer: Timer[Callable[[], None]] | None = None
@@ -127,7 +129,19 @@ class _QueueState:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running or self.buffer or self.completed or self.to_release)
+        return bool(
+            self.running or self.buffer or self.completed or self.to_release or self.storing
+        )
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """While a store call holds outcomes taken off this queue's lists, it
+        is still busy (``wait_idle`` must not see it idle between the two)."""
+        self.storing += 1
+        try:
+            yield
+        finally:
+            self.storing -= 1
 
 
 class Workers:
@@ -463,20 +477,21 @@ class Workers:
             hint, state.due_hint = state.due_hint, None
             if hint is not None and hint > now:
                 now = hint  # the wheel fired for it: trust the wheel over float rounding
-            try:
-                done, claimed = await self.store.complete_and_claim(
-                    config.name,
-                    worker=self.worker,
-                    now=now,
-                    completed=[job.id for job in completed],
-                    lease=self.lease,
-                    limit=capacity,
-                    aging=config.aging,
-                )
-            except StorageError:
-                self._keep_completions(state, completed)
-                raise
-            await self._completions_stored(completed, done)
+            with state.in_flight():
+                try:
+                    done, claimed = await self.store.complete_and_claim(
+                        config.name,
+                        worker=self.worker,
+                        now=now,
+                        completed=[job.id for job in completed],
+                        lease=self.lease,
+                        limit=capacity,
+                        aging=config.aging,
+                    )
+                except StorageError:
+                    self._keep_completions(state, completed)
+                    raise
+                await self._completions_stored(completed, done)
             asked = capacity
             if claimed:
                 self.leases.hold([job.id for job in claimed])
@@ -647,7 +662,7 @@ class Workers:
         """Release the prefetched jobs of a paused or stopping queue, their
         attempts given back."""
         jobs, state.to_release = state.to_release, []
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), state.in_flight():
             for job in jobs:
                 await self.runner.release(job, timedelta(0))
 
@@ -658,25 +673,27 @@ class Workers:
         await self._give_back(state)
         completed, state.completed = state.completed, []
         if completed:
-            try:
-                done, _ = await self.store.complete_and_claim(
-                    state.config.name,
-                    worker=self.worker,
-                    now=self.clock.now(),
-                    completed=[job.id for job in completed],
-                    lease=self.lease,
-                )
-            except StorageError as exc:
-                log.error(
-                    "queue %s: could not store %d success(es) at stop (%s); they will run again",
-                    state.config.name,
-                    len(completed),
-                    exc,
-                )
-                for job in completed:
-                    self.leases.drop(job.id)
-            else:
-                await self._completions_stored(completed, done)
+            with state.in_flight():
+                try:
+                    done, _ = await self.store.complete_and_claim(
+                        state.config.name,
+                        worker=self.worker,
+                        now=self.clock.now(),
+                        completed=[job.id for job in completed],
+                        lease=self.lease,
+                    )
+                except StorageError as exc:
+                    log.error(
+                        "queue %s: could not store %d success(es) at stop (%s);"
+                        " they will run again",
+                        state.config.name,
+                        len(completed),
+                        exc,
+                    )
+                    for job in completed:
+                        self.leases.drop(job.id)
+                else:
+                    await self._completions_stored(completed, done)
         self._check_idle(state)
 
     def _leases_lost(self, job_ids: set[str]) -> None:
