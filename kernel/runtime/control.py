@@ -38,8 +38,9 @@ from kernel.runtime.kernel import Kernel
 from kernel.runtime.supervisor import PluginState, PluginSupervisor
 from kernel.storage.base import MAX_LIST_LIMIT, validate_job_id
 from kernel.time.scheduler import Schedule, Scheduler
+from kernel.time.triggers import AllOf, AnyOf, At, Cron, Every
 
-__all__ = ["DEPTH_LIMIT", "SCAN_LIMIT", "JobPage", "KernelControl"]
+__all__ = ["DEPTH_LIMIT", "SCAN_LIMIT", "JobPage", "KernelControl", "describe_trigger"]
 
 DEPTH_LIMIT: Final = 10_000
 """Queued jobs counted per queue before the depth is reported as "at least"
@@ -54,6 +55,29 @@ _KNOWN_SHOWN: Final = 20
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+def _seconds_text(value: timedelta) -> str:
+    total = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if total >= size and total % size == 0:
+            return f"{total / size:g}{unit}"
+    return f"{total:g}s"
+
+
+def describe_trigger(trigger: object) -> str:
+    """A trigger as an operator reads it: ``every 5m``, ``cron '0 2 * * *'
+    Europe/Berlin``, ``at 2026-01-01T00:00:00+00:00``, ``any of (...)``."""
+    if isinstance(trigger, Every):
+        return f"every {_seconds_text(trigger.interval)}"
+    if isinstance(trigger, Cron):
+        return f"cron '{trigger.expression}' {trigger.tz}"
+    if isinstance(trigger, At):
+        return f"at {trigger.when.isoformat()}"
+    if isinstance(trigger, AnyOf | AllOf):
+        inner = ", ".join(describe_trigger(t) for t in trigger.triggers)
+        return f"{'any' if isinstance(trigger, AnyOf) else 'all'} of ({inner})"
+    return repr(trigger)
 
 
 def _known(names: list[str]) -> tuple[str, ...]:
@@ -73,8 +97,10 @@ class KernelControl:
     """Operator actions on ``kernel`` (see the module docstring). Make it
     once; it holds nothing but the kernel, so it outlives restarts."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, *, depth_limit: int = DEPTH_LIMIT) -> None:
         self.kernel = kernel
+        #: Jobs `count_jobs` counts at most (the store has no count: it scans).
+        self.depth_limit = depth_limit
 
     # -- the running kernel -------------------------------------------------------
 
@@ -175,7 +201,7 @@ class KernelControl:
         stats: dict[str, JSON] = dict(attrs.asdict(schedule.stats))
         return {
             "name": schedule.name,
-            "trigger": repr(schedule.trigger),
+            "trigger": describe_trigger(schedule.trigger),
             "next_fire_time": _iso(schedule.next_fire_time),
             "last_fire_time": _iso(schedule.last_fire_time),
             "paused": schedule.paused,
@@ -216,27 +242,29 @@ class KernelControl:
     async def queues(self) -> list[dict[str, JSON]]:
         """Each queue this kernel works: concurrency, running jobs here,
         paused, and its depth (queued jobs in the store, every process's;
-        ``depth_capped`` when there are more than `DEPTH_LIMIT`)."""
+        ``depth_capped`` when there are ``depth_limit`` or more)."""
         queue = self._queue()
         out = []
         for entry in queue.describe():
             name = str(entry["name"])
-            depth = await self._count(queue, JobState.queued, name)
-            out.append({**entry, "depth": depth, "depth_capped": depth >= DEPTH_LIMIT})
+            depth = await self.count_jobs(JobState.queued, queue=name)
+            out.append({**entry, "depth": depth, "depth_capped": depth >= self.depth_limit})
         return out
 
-    async def _count(self, queue: JobQueue, state: JobState, name: str) -> int:
+    async def count_jobs(self, state: JobState, *, queue: str | None = None) -> int:
+        """How many jobs are in ``state`` (of ``queue``), counting at most
+        ``depth_limit``: a bounded scan, as the store has no count."""
+        store = self._queue().store
+        batch = min(MAX_LIST_LIMIT, self.depth_limit)
         count = 0
         after: str | None = None
-        while count < DEPTH_LIMIT:
-            page = await queue.store.list_jobs(
-                state=state, queue=name, limit=min(MAX_LIST_LIMIT, DEPTH_LIMIT), after_id=after
-            )
+        while count < self.depth_limit:
+            page = await store.list_jobs(state=state, queue=queue, limit=batch, after_id=after)
             count += len(page)
-            if len(page) < min(MAX_LIST_LIMIT, DEPTH_LIMIT):
+            if len(page) < batch:
                 break
             after = page[-1].id
-        return min(count, DEPTH_LIMIT)
+        return min(count, self.depth_limit)
 
     def _known_queue(self, name: str) -> JobQueue:
         queue = self._queue()
