@@ -136,6 +136,8 @@ def _toml_reason(error: ValueError) -> str:
 
 def _unknown_table(key: str, claimed: Collection[str]) -> str:
     reason = unknown_key_reason(key, [*_TOP_LEVEL_KEYS, *sorted(claimed)])
+    if "did you mean" in reason:
+        return reason
     return (
         f"{reason} (any other top-level table needs the contrib that claims it installed, "
         "e.g. [http] from trio-kernel-http)"
