@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,6 +30,7 @@ from typing import Any, Final, cast
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
@@ -39,7 +41,7 @@ from kernel import Kernel, KernelControl
 from kernel.errors import ConfigError
 from kernel_http._auth import Guard
 from kernel_http.api import HttpContext, api_routes
-from kernel_http.config import HttpConfig
+from kernel_http.config import HttpConfig, Listen
 from kernel_http.dashboard import dashboard_routes
 
 __all__ = ["HttpContrib", "HttpServer", "contrib", "create_app", "serve_http"]
@@ -108,29 +110,42 @@ async def serve_http(
     context = _context(kernel, token=token, open_reads=address.loopback)
     app = _app(context)
     hypercorn = _hypercorn_config(address.bind)
-    try:
-        sockets = hypercorn.create_sockets()
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ConfigError(
-            source, "http.listen", f"cannot listen on {config.listen}: {reason}"
-        ) from None
-    for sock in sockets.insecure_sockets:
-        sock.listen(hypercorn.backlog)
-    host, port = sockets.insecure_sockets[0].getsockname()[:2]
+    sock = _bind(address, hypercorn.backlog, config.listen, source)
+    host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
-    async with trio.open_nursery() as nursery:
-        # Starlette and Hypercorn type the ASGI callable each their own way
-        asgi = wrap_app(cast(Any, app), hypercorn.wsgi_max_body_size, "asgi")
-        await nursery.start(partial(worker_serve, asgi, hypercorn, sockets=sockets))
-        nursery.start_soon(context.lag.run)
-        nursery.start_soon(_sample_activity, context)
-        log.info("http: serving the dashboard at %s/ (API at %s/api/v1/)", url, url)
-        try:
-            yield HttpServer(url, app, context)
-        finally:
-            nursery.cancel_scope.cancel()
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+    # Starlette and Hypercorn type the ASGI callable each their own way
+    asgi = wrap_app(cast(Any, app), hypercorn.wsgi_max_body_size, "asgi")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(worker_serve, asgi, hypercorn, sockets=sockets))
+            nursery.start_soon(context.lag.run)
+            nursery.start_soon(_sample_activity, context)
+            log.info("http: serving the dashboard at %s/ (API at %s/api/v1/)", url, url)
+            try:
+                yield HttpServer(url, app, context)
+            finally:
+                nursery.cancel_scope.cancel()  # at once: open event streams too
+    finally:
+        sock.close()
+
+
+def _bind(address: Listen, backlog: int, listen: str, source: str) -> socket.socket:
+    """The listening socket (as Hypercorn makes it), or one `ConfigError`."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        raise ConfigError(source, "http.listen", f"cannot listen on {listen}: {reason}") from None
+    return sock
 
 
 async def _sample_activity(context: HttpContext) -> None:
