@@ -73,7 +73,7 @@ class Activity:
         ]
 
 
-def chart_svg(series: list[Minute], *, width: int = 720, height: int = 160) -> str:
+def chart_svg(series: list[Minute], *, width: int = 1100, height: int = 170) -> str:
     """Bars of finished attempts per minute, failed ones in red over them;
     plain SVG the page inlines (no chart library)."""
     top = max([minute.finished for minute in series] + [1])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 import trio
 
-from kernel import Clock, Every, Kernel, Manifest, Plugin, PluginContext, RetryPolicy
-from kernel_http import create_app
+from kernel import Clock, Every, Kernel, Manifest, Plugin, PluginContext, PluginSpec, RetryPolicy
+from kernel_http import HttpConfig, create_app, serve_http
+
+T = TypeVar("T")
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 TOKEN = "test-token-0123456789abcdef"
@@ -58,3 +62,42 @@ async def asgi_client(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kernel.test") as client:
         yield client
+
+
+class BackgroundKernel:
+    """A kernel and its HTTP server in a trio run on a thread of its own, for
+    clients that block (Selenium, schemathesis): `call` runs a coroutine
+    function in that run and returns its result."""
+
+    def __init__(self, plugins: list[PluginSpec]) -> None:
+        self.plugins = plugins
+        self.url = ""
+        self.kernel: Kernel | None = None
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), name="kernel")
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        config = HttpConfig(listen="127.0.0.1:0", token=TOKEN)
+        async with Kernel(self.plugins) as kernel, serve_http(kernel, config) as server:
+            self.kernel, self.url = kernel, server.url
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> BackgroundKernel:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the kernel did not start within 30 s")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._stop is not None and self._token is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+
+    def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        assert self._token is not None
+        return trio.from_thread.run(func, trio_token=self._token)
