@@ -102,7 +102,7 @@ def test_a_contrib_is_loaded_and_its_table_structured_with_key_paths() -> None:
 
 def test_conflicts_and_broken_contribs_are_named() -> None:
     twice = entry_points(DEMO_POINT, ("demo", "tests.test_contrib:DemoContrib"))
-    with pytest.raises(EntryPointConflict, match="'demo' in entry-point group 'kernel.contrib'"):
+    with pytest.raises(EntryPointConflict, match=r"'demo' in entry-point group 'kernel\.contrib'"):
         load_contrib("demo", find_entry_points=twice)
     wrong = entry_points(("demo", "tests.test_contrib:NOT_A_CONTRIB"))
     with pytest.raises(AdapterLoadError, match="not a Contrib"):

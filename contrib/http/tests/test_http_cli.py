@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,8 +136,9 @@ def test_kernel_run_serves_the_dashboard_and_stops_it(
         assert response.status == 200
     with urllib.request.urlopen(f"{url}/", timeout=10) as response:
         page = response.read().decode()
-    assert "sync" in page and "activity" in page
+    assert "sync" in page
+    assert "activity" in page
     process.terminate()
     assert process.wait(timeout=30) == 0
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
         urllib.request.urlopen(f"{url}/healthz", timeout=2)

@@ -8,7 +8,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio.testing import MockClock
 
 from kernel import CircuitBreaker
-
 from kernel_http.activity import Activity, Minute, chart_svg
 
 
@@ -82,5 +81,7 @@ def test_activity_counts_per_minute_and_draws_bars() -> None:
         (780, 0, 2),
     ]
     svg = chart_svg([Minute(0, 4, 1), Minute(60)])
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count('class="finished"') == 1 and svg.count('class="failed"') == 1
+    assert svg.startswith("<svg")
+    assert svg.endswith("</svg>")
+    assert svg.count('class="finished"') == 1
+    assert svg.count('class="failed"') == 1

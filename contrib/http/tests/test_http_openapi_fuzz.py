@@ -13,7 +13,6 @@ from http_helpers import BEARER, BackgroundKernel, Shop
 from hypothesis import HealthCheck, settings
 
 from kernel import PluginSpec
-
 from kernel_http.openapi import openapi_document
 
 schema = schemathesis.openapi.from_dict(openapi_document())

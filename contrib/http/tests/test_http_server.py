@@ -13,7 +13,6 @@ from http_helpers import TOKEN
 
 from kernel import Kernel, Manifest, Plugin, PluginContext
 from kernel.errors import ConfigError
-
 from kernel_http import HttpConfig, serve_http
 
 
