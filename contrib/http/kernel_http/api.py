@@ -110,7 +110,7 @@ def _handled(
             if isinstance(result, Response):
                 return result
             if action:
-                log.info("http: %s %s", request.method, request.url.path)
+                log.info("%s %s", request.method, request.url.path)
             return JSONResponse(result)
 
         return handle

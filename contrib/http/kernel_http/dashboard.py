@@ -54,7 +54,14 @@ def _first_line(text: str | None) -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
+def _short_id(job_id: str) -> str:
+    """``d63a…000013``: the first hex digits tell processes apart (a
+    process-wide random prefix), the last ones its jobs (a counter)."""
+    return f"{job_id[:4]}…{job_id[-6:]}" if len(job_id) > 12 else job_id
+
+
 _templates.filters["first_line"] = _first_line
+_templates.filters["short_id"] = _short_id
 
 
 def dashboard_routes(ctx: HttpContext) -> list[BaseRoute]:

@@ -88,6 +88,8 @@ def _hypercorn_config(bind: str) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [bind]
     config.accesslog = None
+    # Hypercorn's own messages go through logging like the kernel's, once
+    config.errorlog = logging.getLogger("kernel.http.server")
     config.graceful_timeout = 0.5
     config.keep_alive_timeout = 5
     config.include_server_header = False
@@ -105,7 +107,7 @@ async def serve_http(
     token = config.resolve_token(source=source)
     if not address.loopback:
         log.warning(
-            "http: listening on %s, beyond loopback: every request needs the token", config.listen
+            "listening on %s, beyond loopback: every request needs the token", config.listen
         )
     context = _context(kernel, token=token, open_reads=address.loopback)
     app = _app(context)
@@ -122,7 +124,7 @@ async def serve_http(
             await nursery.start(partial(worker_serve, asgi, hypercorn, sockets=sockets))
             nursery.start_soon(context.lag.run)
             nursery.start_soon(_sample_activity, context)
-            log.info("http: serving the dashboard at %s/ (API at %s/api/v1/)", url, url)
+            log.info("serving the dashboard at %s/ (API at %s/api/v1/)", url, url)
             try:
                 yield HttpServer(url, app, context)
             finally:

@@ -2,6 +2,9 @@
 // Hand-written, no dependencies.
 "use strict";
 
+// a job id's first 4 hex digits tell processes apart, its last 6 jobs of one process
+const shortId = (id) => id.slice(0, 4) + "\u2026" + id.slice(-6);
+
 const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
 
 function flash(text, kind) {
@@ -99,7 +102,7 @@ function onJobEvent(event) {
     const item = document.createElement("li");
     const link = document.createElement("a");
     link.href = "/ui/jobs/" + event.id;
-    link.textContent = event.id.slice(0, 12);
+    link.textContent = shortId(event.id);
     link.className = "mono";
     item.append(new Date().toLocaleTimeString() + " ", link,
       " " + event.task + " " + event.topic.replace("job.", ""),
@@ -128,7 +131,7 @@ function onJobEvent(event) {
     const link = document.createElement("a");
     link.href = "/ui/jobs/" + event.id;
     link.className = "mono";
-    link.textContent = event.id.slice(0, 12);
+    link.textContent = shortId(event.id);
     idCell.append(link);
     row.append(idCell, cell(event.task), cell(event.queue), cell("queued", "state state-queued"),
       cell(String(event.attempts), "attempts"), cell(new Date().toLocaleString()), cell("", "error"));
