@@ -23,7 +23,7 @@ import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, Final, cast
 
@@ -162,7 +162,9 @@ class HttpContrib:
 
     config_type: type[Any] = HttpConfig
 
-    def serve(self, kernel: Kernel, config: Any, *, source: str) -> Any:
+    def serve(
+        self, kernel: Kernel, config: Any, *, source: str
+    ) -> AbstractAsyncContextManager[HttpServer]:
         return serve_http(kernel, config, source=source)
 
 
