@@ -42,7 +42,7 @@ from kernel_http.activity import Activity, job_totals
 from kernel_http.openapi import openapi_document
 from kernel_http.prometheus import LoopLag, gather_facts, render
 
-__all__ = ["API", "HttpContext", "api_routes", "job_json"]
+__all__ = ["API", "BadParameter", "HttpContext", "api_routes", "failure_response", "job_json"]
 
 API: Final = "/api/v1"
 log = logging.getLogger("kernel.http")
@@ -78,7 +78,8 @@ def job_json(record: JobRecord) -> dict[str, Any]:
     return record.to_json()
 
 
-def _failure(error: Exception) -> Response:
+def failure_response(error: Exception) -> Response:
+    """The problem response for a kernel error (or a `BadParameter`)."""
     if isinstance(error, NotFound):
         return problem(404, "not_found", str(error))
     if isinstance(error, InvalidJob) and error.field == "state":
@@ -106,7 +107,7 @@ def _handled(
             try:
                 result = await func(request)
             except (KernelError, BadParameter) as error:
-                return _failure(error)
+                return failure_response(error)
             if isinstance(result, Response):
                 return result
             if action:
@@ -189,7 +190,7 @@ def api_routes(ctx: HttpContext) -> list[BaseRoute]:
         try:
             facts = await gather_facts(control, ctx.lag)
         except (KernelNotRunning, StorageError) as error:
-            return _failure(error)
+            return failure_response(error)
         body, content_type = render(ctx.kernel.metrics, facts, request.headers.get("accept"))
         return Response(body, headers={"Content-Type": content_type})
 

@@ -88,7 +88,10 @@ def dashboard_routes(ctx: HttpContext) -> list[BaseRoute]:
         return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
 
     def unavailable(request: Request, error: KernelError) -> Response:
-        return page(request, "unavailable.html", status=503, message=str(error))
+        """503 for a kernel that is not running or a failing store; 400 for
+        a filter the store refuses (a queue name with a newline...)."""
+        status = 503 if isinstance(error, KernelNotRunning | StorageError) else 400
+        return page(request, "unavailable.html", status=status, message=str(error))
 
     async def overview_values() -> dict[str, Any]:
         ctx.sample_activity()
@@ -144,7 +147,7 @@ def dashboard_routes(ctx: HttpContext) -> list[BaseRoute]:
             found = await control.jobs(
                 state=state, queue=queue, task=task, limit=50, after_id=after
             )
-        except (KernelNotRunning, StorageError) as error:
+        except KernelError as error:
             return unavailable(request, error)
         rows = [job for job in found.jobs if search.lower() in job.task.lower()]
         filters = {"state": state_text, "queue": queue or "", "task": task or "", "q": search}

@@ -36,11 +36,13 @@ from hypercorn.utils import wrap_app
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 
 from kernel import Kernel, KernelControl
-from kernel.errors import ConfigError
+from kernel.errors import ConfigError, KernelError
 from kernel_http._auth import Guard
-from kernel_http.api import HttpContext, api_routes
+from kernel_http.api import HttpContext, api_routes, failure_response
 from kernel_http.config import HttpConfig, Listen
 from kernel_http.dashboard import dashboard_routes
 
@@ -81,7 +83,14 @@ def _app(context: HttpContext) -> Starlette:
         same_site="strict",
     )
     routes = api_routes(context) + dashboard_routes(context)
-    return Starlette(routes=routes, middleware=[session])
+
+    async def kernel_error(request: Request, error: Exception) -> Response:
+        # the safety net: a kernel error no route expected is still a 4xx/503
+        return failure_response(error)
+
+    return Starlette(
+        routes=routes, middleware=[session], exception_handlers={KernelError: kernel_error}
+    )
 
 
 def _hypercorn_config(bind: str) -> HypercornConfig:

@@ -51,6 +51,11 @@ async def test_jobs_search_by_id_and_filter(autojump_clock: MockClock) -> None:
         assert job.id in listed
         assert "shop.charge" not in listed.split("<tbody>")[1]
         assert (await client.get("/ui/jobs/" + "0" * 32)).status_code == 404
+        for bad in ("queue=%0A", "task=%00", "state=nope&after=zz"):
+            assert (await client.get(f"/ui/jobs?{bad}")).status_code in (200, 400), bad
+        refused = await client.get("/ui/jobs?queue=%0A")
+        assert refused.status_code == 400
+        assert "invalid job queue" in refused.text
 
 
 async def test_actions_from_a_session_need_its_csrf_token(autojump_clock: MockClock) -> None:
