@@ -58,7 +58,7 @@ def fixup_module_metadata(module_name: str, namespace: Mapping[str, object]) -> 
         ):
             continue
         if isinstance(obj, type) and attrs.has(obj):
-            with contextlib.suppress(NameError):  # a name only imported for typing
+            with contextlib.suppress(NameError, TypeError):  # names only for typing
                 attrs.resolve_types(obj)
         with contextlib.suppress(AttributeError, TypeError):  # constants, aliases
             obj.__module__ = module_name

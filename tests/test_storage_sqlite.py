@@ -267,7 +267,34 @@ async def test_an_older_schema_is_migrated_keeping_its_data(tmp_path: Path) -> N
         assert await storage.get("ns", "k") == {"old": True}
         _job, created = await storage.enqueue(make_job())
         assert created
-    assert _versions(path) == [1, 2]
+    assert _versions(path) == [migration.version for migration in MIGRATIONS]
+
+
+async def test_jobs_stored_before_headers_existed_read_back_with_none(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute(
+        "CREATE TABLE kernel_schema_version "
+        "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    for migration in MIGRATIONS[:2]:
+        for statement in migration.statements:
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO kernel_schema_version VALUES (?, ?, 'then')",
+            (migration.version, migration.description),
+        )
+    connection.execute(
+        "INSERT INTO kernel_jobs (id, task, args, kwargs, queue, priority, run_at, "
+        "enqueued_at, attempts, state) VALUES ('old', 't', '[1]', '{}', 'default', 0, 0, 0, "
+        "0, 'queued')"
+    )
+    connection.close()
+    async with await SQLiteStorage.open(path) as storage:
+        job = await storage.get_job("old")
+    assert job is not None
+    assert (job.args, job.headers) == ([1], {})
+    assert _versions(path) == [migration.version for migration in MIGRATIONS]
 
 
 async def test_opening_a_new_file_twice_at_once_migrates_it_once(tmp_path: Path) -> None:
@@ -427,3 +454,32 @@ async def test_a_failed_batch_of_completions_fails_each_caller(tmp_path: Path) -
         assert len(errors) == 2
         assert all("locked" in str(error) for error in errors)
         assert await store.complete("a", worker="w1", now=T0) is True
+
+
+def test_claims_are_served_from_indexes_not_by_sorting_the_backlog(tmp_path: Path) -> None:
+    """Every statement of a claim, with and without aging, walks an index in
+    the order it needs and sorts nothing: the cost of a claim does not grow
+    with the number of queued jobs (bench/README.md has the timings)."""
+    from kernel.storage.sqlite import _sql
+
+    trio.run(_migrated, tmp_path / "plan.db")
+    connection = sqlite3.connect(tmp_path / "plan.db")
+    statements = {
+        "claim": (_sql._CLAIM_BY_PRIORITY, ("w", 1, "q", 0, 10), "kernel_jobs_order"),
+        "top level": (_sql._TOP_LEVEL, ("q",), "kernel_jobs_order"),
+        "next level": (_sql._NEXT_LEVEL, ("q", 5), "kernel_jobs_order"),
+        "level heads": (_sql._LEVEL_HEADS, ("q", 5, 0, 10), "kernel_jobs_order"),
+        "early": (_sql._EARLY, ("q", 0), "kernel_jobs_early"),
+    }
+    for name, (sql, params, index) in statements.items():
+        plan = " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        assert f"INDEX {index} " in plan, (name, plan)
+        assert "SCAN kernel_jobs" not in plan, (name, plan)
+        assert "TEMP B-TREE" not in plan, (name, plan)
+    connection.close()
+
+
+async def _migrated(path: Path) -> None:
+    async with await SQLiteStorage.open(path) as storage:
+        for n in range(50):
+            await storage.enqueue(make_job(priority=n % 5))

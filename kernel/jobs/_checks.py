@@ -129,12 +129,13 @@ def validate_aging(aging: object) -> timedelta | None:
     return None if aging is None else _positive_timedelta("aging", aging)
 
 
-def validate_limit(limit: object, *, maximum: int, field: str = "limit") -> int:
-    """Return ``limit`` if it is an int from 1 to ``maximum``, else raise `InvalidJob`."""
+def validate_limit(limit: object, *, maximum: int, minimum: int = 1, field: str = "limit") -> int:
+    """Return ``limit`` if it is an int from ``minimum`` to ``maximum``, else
+    raise `InvalidJob`."""
     if not isinstance(limit, int) or isinstance(limit, bool):
         raise InvalidJob(field, limit, f"must be an int, not {type(limit).__name__}")
-    if not 1 <= limit <= maximum:
-        raise InvalidJob(field, limit, f"must be from 1 to {maximum}")
+    if not minimum <= limit <= maximum:
+        raise InvalidJob(field, limit, f"must be from {minimum} to {maximum}")
     return limit
 
 

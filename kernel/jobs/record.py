@@ -51,6 +51,8 @@ from kernel.serialization import JSON, copy_json
 __all__ = [
     "FINISHED_STATES",
     "LIVE_STATES",
+    "MAX_HEADERS",
+    "MAX_HEADER_VALUE_BYTES",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "JobRecord",
@@ -135,6 +137,26 @@ def _finished_at(value: object) -> datetime | None:
 
 def _fire_time(value: object) -> datetime | None:
     return None if value is None else utc_datetime(value, field="fire_time")
+
+
+MAX_HEADERS = 32
+MAX_HEADER_VALUE_BYTES = 4096
+
+
+def _headers(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidJob("headers", value, f"must be a dict of str, not {type(value).__name__}")
+    if len(value) > MAX_HEADERS:
+        raise InvalidJob("headers", value, f"has {len(value)} entries, more than {MAX_HEADERS}")
+    headers: dict[str, str] = {}
+    for key, item in value.items():
+        validate_name("headers key", key)
+        if not isinstance(item, str):
+            raise InvalidJob(f"headers[{key!r}]", item, f"must be a str, not {type(item).__name__}")
+        if item:
+            validate_name(f"headers[{key!r}]", item, limit=MAX_HEADER_VALUE_BYTES)
+        headers[key] = item
+    return headers
 
 
 def _job_id(value: object) -> str:
@@ -262,6 +284,10 @@ class JobRecord:
     """The schedule that enqueued it, if any."""
     fire_time: datetime | None = attrs.field(default=None, converter=_fire_time)
     """The schedule slot it was enqueued for."""
+    headers: dict[str, str] = attrs.field(factory=dict, converter=_headers)
+    """Small text carried with the job for whoever runs it, not arguments of
+    the task (Celery's message headers): the trace context of whoever
+    enqueued it (W3C ``traceparent``), correlation ids. At most 32 entries."""
 
     def to_json(self) -> dict[str, JSON]:
         """The record as a JSON object (datetimes as ISO 8601 text in UTC)."""
@@ -285,6 +311,7 @@ class JobRecord:
             "finished_at": _iso(self.finished_at),
             "schedule": self.schedule,
             "fire_time": _iso(self.fire_time),
+            "headers": dict(self.headers),
         }
 
     @classmethod
@@ -378,6 +405,7 @@ def derive_record(record: JobRecord, changes: Mapping[str, object]) -> JobRecord
     _set_slot(new, "finished_at", get("finished_at", record.finished_at))
     _set_slot(new, "schedule", get("schedule", record.schedule))
     _set_slot(new, "fire_time", get("fire_time", record.fire_time))
+    _set_slot(new, "headers", get("headers", record.headers))
     return new
 
 
@@ -401,6 +429,7 @@ _DERIVED_FIELDS = (
     "finished_at",
     "schedule",
     "fire_time",
+    "headers",
 )
 if _DERIVED_FIELDS != _RECORD_FIELDS:  # pragma: no cover - a field added to JobRecord only
     raise AssertionError("derive_record must set every JobRecord field")

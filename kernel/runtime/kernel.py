@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
@@ -29,10 +29,13 @@ import trio
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import PluginDependencyError, PluginStateError
 from kernel.jobs.queue import JobQueue
+from kernel.notifier.context import notification_context
+from kernel.notifier.fanout import FanoutNotifier, open_fanout_notifier
+from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthTransition
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobStore, Level, Notifier, Storage
-from kernel.runtime.discovery import open_bus, open_notifier, open_storage
+from kernel.runtime.discovery import open_bus, open_storage
 from kernel.runtime.plugins import Manifest, Plugin
 from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
 from kernel.storage.memory import MemoryJobStore
@@ -121,7 +124,10 @@ class Kernel:
     """The root of a trio-kernel; see the module docstring.
 
     ``storage``, ``bus`` and ``notifier`` are adapter objects or URLs
-    (``memory://``, ``local://``, ``log://`` by default). The job queue keeps
+    (``memory://``, ``local://``, ``log://`` by default); ``notifier`` may
+    also be a list of URLs and `NotifyRoute` s, each notification then going
+    to every notifier that covers it (`kernel.notifier.fanout`: remote ones
+    through the job queue, with noise control). The job queue keeps
     its jobs in ``jobs`` if given, else in the storage when it can (SQLite,
     PostgreSQL), else in memory. ``clock`` is for
     tests (`Clock.starting_at` under ``MockClock``).
@@ -133,7 +139,7 @@ class Kernel:
         *,
         storage: Storage | str = "memory://",
         bus: Bus | str = "local://",
-        notifier: Notifier | str = "log://",
+        notifier: Notifier | str | NotifyRoute | Sequence[str | NotifyRoute] = "log://",
         jobs: JobStore | None = None,
         clock: Clock | None = None,
         shutdown_grace: float = 10.0,
@@ -218,6 +224,8 @@ class Kernel:
             await nursery.start(scheduler.run)
             queue = JobQueue(jobs, scheduler, bus=bus, metrics=self.metrics)
             await nursery.start(queue.run)
+            if isinstance(notifier, FanoutNotifier):  # opened from URLs: the outbox, digests
+                await nursery.start(notifier.run, queue, self.health)
             services = KernelServices(
                 scheduler=scheduler,
                 storage=storage,
@@ -289,8 +297,8 @@ class Kernel:
         if isinstance(bus, str):
             bus = await open_bus(bus)
             stack.push_async_callback(bus.aclose)
-        if isinstance(notifier, str):
-            notifier = await open_notifier(notifier)
+        if not isinstance(notifier, Notifier):  # URLs and routes
+            notifier = await open_fanout_notifier(notifier)
             stack.push_async_callback(notifier.aclose)
         return storage, bus, notifier
 
@@ -372,8 +380,10 @@ class Kernel:
         level = Level.info if transition.is_recovery else Level.warning
         reasons = "; ".join(transition.report.reasons) or transition.new.value
         title = f"{transition.name} is {transition.new.value}"
+        plugin = transition.name if transition.name in self._supervisors else None
         if self._services is not None:
-            await self._services.notifier.notify(title, reasons, level)
+            with notification_context("health", plugin=plugin):
+                await self._services.notifier.notify(title, reasons, level)
 
     # -- runtime control ----------------------------------------------------------
 

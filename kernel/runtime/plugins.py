@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from kernel.errors import PermissionDenied
+from kernel.notifier.context import notification_context
 from kernel.observe.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
 from kernel.resilience.retry import RetryPolicy
@@ -378,7 +379,7 @@ class PluginContext:
 
     async def notify(self, title: str, message: str, level: Level = Level.info) -> None:
         self.require(Permission.NOTIFICATIONS)
-        with self._timed("notifier", "notify"):
+        with self._timed("notifier", "notify"), notification_context("plugin", plugin=self.name):
             await self._notifier.notify(f"[{self.name}] {title}", message, level)
 
     # -- for the supervisor (at a stop) -----------------------------------------

@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from kernel.jobs.queue import JobQueue
+from kernel.notifier.context import notification_context
 from kernel.observe.health import HealthMonitor, HealthReport, Status
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
@@ -278,9 +279,10 @@ class PluginSupervisor:
         log.error("plugin %r %s", self.name, message)
         with trio.CancelScope(shield=True):
             try:
-                await self._services.notifier.notify(
-                    f"plugin {self.name} failed", message, Level.error
-                )
+                with notification_context("plugin.failed", plugin=self.name):
+                    await self._services.notifier.notify(
+                        f"plugin {self.name} failed", message, Level.error
+                    )
             except Exception:
                 log.exception("plugin %r: the failure notification failed", self.name)
 

@@ -52,7 +52,13 @@ if "pytest" in sys.modules:
     # Under pytest, have the contract modules' asserts rewritten (they are not
     # test files, so pytest would not do it on its own), so that a failing
     # contract test explains itself. Only modules not yet imported qualify.
-    _pending = sorted({module for module in _LAZY.values() if module not in sys.modules})
+    _REWRITE = {
+        *_LAZY.values(),
+        "kernel.testing._jobstore_base",
+        "kernel.testing._jobstore_lifecycle",
+        "kernel.testing._jobstore_queue",
+    }
+    _pending = sorted(module for module in _REWRITE if module not in sys.modules)
     if _pending:
         sys.modules["pytest"].register_assert_rewrite(*_pending)
 

@@ -160,6 +160,11 @@ MIGRATIONS: Final = (
                 EXECUTE FUNCTION {schema}.kernel_jobs_notify()""",
         ),
     ),
+    Migration(
+        3,
+        "job headers (the trace context and other text carried with a job)",
+        ("ALTER TABLE {schema}.kernel_jobs ADD COLUMN headers text NOT NULL DEFAULT '{{}}'",),
+    ),
 )
 """Every migration, oldest first."""
 

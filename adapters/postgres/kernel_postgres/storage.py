@@ -128,8 +128,11 @@ _COLUMNS: Final = (
     ("finished_at", "bigint"),
     ("schedule", "text"),
     ("fire_time", "bigint"),
+    ("headers", "text"),
 )
 _JOB_COLUMNS: Final = ", ".join(name for name, _ in _COLUMNS)
+_NO_PAYLOAD_COLUMNS: Final = _JOB_COLUMNS.replace("args, kwargs,", "'[]', '{{}}',")
+"""The columns of a listing that shows no arguments: they are not read."""
 _CAST_VALUES: Final = ", ".join(f"%s::{kind}" for _, kind in _COLUMNS)
 _LIVE: Final = "state IN ('queued', 'running')"
 _HELD: Final = "WHERE id = %s AND state = 'running' AND worker = %s"
@@ -222,6 +225,37 @@ candidates are locked (SKIP LOCKED) and the best ``limit`` claimed; the
 others are released at commit. The memory store's per-level heaps, in SQL."""
 
 
+_DONE: Final = """done AS (
+    UPDATE {jobs} SET state = 'succeeded', lease_expires_at = NULL, finished_at = %(now)s
+    WHERE id = ANY (%(completed)s) AND state = 'running' AND worker = %(worker)s RETURNING id
+)"""
+_DONE_AND_CLAIMED: Final = """
+SELECT (SELECT coalesce(array_agg(id), ARRAY[]::text[]) FROM done), c.*
+FROM (SELECT 1) AS one LEFT JOIN claimed AS c ON true"""
+_COMPLETE_CLAIM: Final = (
+    "WITH "
+    + _DONE
+    + ", claimed AS ("
+    + _CLAIM.replace("worker = %s", "worker = %(worker)s")
+    .replace("lease_expires_at = %s", "lease_expires_at = %(until)s")
+    .replace("queue = %s", "queue = %(queue)s")
+    .replace("run_at <= %s", "run_at <= %(now)s")
+    .replace("LIMIT %s", "LIMIT %(limit)s")
+    + ")"
+    + _DONE_AND_CLAIMED
+)
+"""`complete_and_claim` without aging: the completions and the claim in one
+statement, so one round trip (the statements see one snapshot, and touch
+different rows: running ones, and queued ones)."""
+_COMPLETE_CLAIM_AGED: Final = (
+    _CLAIM_AGED.replace("WITH RECURSIVE levels", "WITH RECURSIVE " + _DONE + ", levels", 1)
+    .replace("\nUPDATE {jobs}", ", claimed AS (\nUPDATE {jobs}", 1)
+    .replace("RETURNING seq, " + _JOB_COLUMNS, "RETURNING seq, " + _JOB_COLUMNS + ")", 1)
+    + _DONE_AND_CLAIMED
+)
+"""`complete_and_claim` with aging: the same, around the aged claim."""
+
+
 @attrs.frozen
 class _Statements:
     """Every statement, with the schema's table names filled in (fixed
@@ -239,6 +273,8 @@ class _Statements:
     enqueue_slot: str
     claim: str
     claim_aged: str
+    complete_claim: str
+    complete_claim_aged: str
     heartbeat: str
     complete: str
     retry_later: str
@@ -249,6 +285,7 @@ class _Statements:
     reap: str
     get_job: str
     list_jobs: str
+    list_jobs_no_payload: str
     retry_dead: str
     dedup_key_of: str
     purge: str
@@ -289,6 +326,8 @@ class _Statements:
             "enqueue_slot": _ENQUEUE_SLOT,
             "claim": _CLAIM,
             "claim_aged": _CLAIM_AGED,
+            "complete_claim": _COMPLETE_CLAIM,
+            "complete_claim_aged": _COMPLETE_CLAIM_AGED,
             "heartbeat": (
                 "UPDATE {jobs} SET lease_expires_at = %s "
                 "WHERE id = ANY(%s) AND state = 'running' AND worker = %s RETURNING id"
@@ -326,6 +365,7 @@ class _Statements:
             ),
             "get_job": f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE id = %s",
             "list_jobs": f"SELECT {_JOB_COLUMNS} FROM {{jobs}}",
+            "list_jobs_no_payload": f"SELECT {_NO_PAYLOAD_COLUMNS} FROM {{jobs}}",
             "retry_dead": (
                 "UPDATE {jobs} SET state = 'queued', run_at = %s, attempts = 0, "
                 "worker = NULL, finished_at = NULL WHERE id = %s AND state = 'dead' "
@@ -378,6 +418,7 @@ def _job_row(job: JobRecord) -> tuple[object, ...]:
         _micros_or_none(job.finished_at),
         job.schedule,
         _micros_or_none(job.fire_time),
+        _encode(job.headers),
     )
 
 
@@ -411,6 +452,7 @@ def _checked_job_from_row(row: Sequence[Any]) -> JobRecord:
         finished_at=None if row[16] is None else from_epoch_micros(row[16]),
         schedule=row[17],
         fire_time=None if row[18] is None else from_epoch_micros(row[18]),
+        headers=json.loads(row[19]),
     )
 
 
@@ -441,6 +483,7 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     _set(job, "finished_at", None if row[16] is None else from_epoch_micros(row[16]))
     _set(job, "schedule", row[17])
     _set(job, "fire_time", None if row[18] is None else from_epoch_micros(row[18]))
+    _set(job, "headers", json.loads(row[19]))
     return job
 
 
@@ -456,6 +499,7 @@ def _stored_copy(job: JobRecord, row: tuple[object, ...]) -> JobRecord:
     _set(copy, "kwargs", json.loads(cast(str, row[3])))
     if row[10] is not None:
         _set(copy, "retry", json.loads(cast(str, row[10])))
+    _set(copy, "headers", json.loads(cast(str, row[19])))
     return copy
 
 
@@ -785,6 +829,48 @@ class PostgresStorage:
         )
         return [job for job, _ in claimed]
 
+    async def complete_and_claim(
+        self,
+        queue: str,
+        *,
+        worker: str,
+        now: datetime,
+        completed: Sequence[str] = (),
+        lease: timedelta,
+        limit: int = 0,
+        aging: timedelta | None = None,
+    ) -> tuple[set[str], list[JobRecord]]:
+        validate_name("queue", queue)
+        validate_name("worker", worker)
+        ids = sorted(set(validate_job_ids(completed)))
+        now = utc_datetime(now, field="now")
+        now_us = to_epoch_micros(now)
+        lease_us = validate_lease(lease) // timedelta(microseconds=1)
+        validate_limit(limit, minimum=0, maximum=MAX_CLAIM_LIMIT)
+        aging = validate_aging(aging)
+        self._remember(queue)
+        named: dict[str, object] = {
+            "completed": ids,
+            "worker": worker,
+            "until": now_us + lease_us,
+            "queue": queue,
+            "now": now_us,
+            "limit": limit,
+        }
+        if aging is None:
+            sql = self._sql.complete_claim
+        else:
+            sql = self._sql.complete_claim_aged
+            named["aging"] = max(aging // timedelta(microseconds=1), 1)
+        # not retried on a fresh connection: a claim is not idempotent
+        rows = await self._db.run(_rows(sql, named))
+        done = set(rows[0][0]) if rows else set()
+        claimed = sorted(
+            ((_job_from_row(row[2:]), row[1]) for row in rows if row[1] is not None),
+            key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
+        )
+        return done, [job for job, _ in claimed]
+
     async def heartbeat(
         self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
     ) -> set[str]:
@@ -863,6 +949,7 @@ class PostgresStorage:
         queue: str | None = None,
         limit: int = 100,
         after_id: str | None = None,
+        payloads: bool = True,
     ) -> list[JobRecord]:
         conditions: list[str] = []
         params: list[object] = []
@@ -877,8 +964,9 @@ class PostgresStorage:
             params.append(validate_job_id(after_id))
         params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        select = self._sql.list_jobs if payloads else self._sql.list_jobs_no_payload
         rows = await self._db.run(
-            _rows(f"{self._sql.list_jobs}{where} ORDER BY id LIMIT %s", params), idempotent=True
+            _rows(f"{select}{where} ORDER BY id LIMIT %s", params), idempotent=True
         )
         return [_job_from_row(row) for row in rows]
 

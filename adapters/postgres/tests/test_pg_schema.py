@@ -47,9 +47,29 @@ async def test_an_older_schema_is_outdated(admin: Admin, pg_server: str, bare_sc
     with pytest.raises(SchemaOutdated) as refused:
         await open_storage(with_options(pg_server, schema=bare_schema))
     assert (refused.value.found, refused.value.required) == (1, SCHEMA_VERSION)
-    assert await upgrade(with_options(pg_server, schema=bare_schema)) == [2]
+    assert await upgrade(with_options(pg_server, schema=bare_schema)) == list(
+        range(2, SCHEMA_VERSION + 1)
+    )
     async with await open_storage(with_options(pg_server, schema=bare_schema, pool_size=1)):
         pass
+
+
+async def test_jobs_stored_before_headers_existed_read_back_with_none(
+    admin: Admin, pg_server: str, bare_schema: str
+) -> None:
+    assert apply_migrations(admin, bare_schema, bare_schema, target=2) == [1, 2]
+    admin.execute(
+        f"INSERT INTO {quote_identifier(bare_schema)}.kernel_jobs (id, task, args, kwargs, "
+        "queue, priority, run_at, enqueued_at, attempts, state) "
+        "VALUES ('old', 't', '[1]', '{}', 'default', 0, 0, 0, 0, 'queued')"
+    )
+    assert await upgrade(with_options(pg_server, schema=bare_schema)) == [3]
+    async with await open_storage(
+        with_options(pg_server, schema=bare_schema, pool_size=1)
+    ) as store:
+        job = await store.get_job("old")
+    assert job is not None
+    assert (job.args, job.headers) == ([1], {})
 
 
 async def test_a_newer_schema_is_refused(admin: Admin, pg_server: str, schema: str) -> None:

@@ -36,8 +36,11 @@ BATCH = 500
 
 JOB_COLUMNS = (
     "id, task, args, kwargs, queue, priority, run_at, enqueued_at, dedup_key, timeout, retry, "
-    "attempts, state, worker, lease_expires_at, last_error, finished_at, schedule, fire_time"
+    "attempts, state, worker, lease_expires_at, last_error, finished_at, schedule, fire_time, "
+    "headers"
 )
+JOB_COLUMNS_NO_PAYLOAD = JOB_COLUMNS.replace("args, kwargs,", "'[]', '{}',")
+"""The columns of a listing that shows no arguments: they are not read."""
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -85,6 +88,7 @@ def job_row(job: JobRecord) -> tuple[object, ...]:
         micros_or_none(job.finished_at),
         job.schedule,
         micros_or_none(job.fire_time),
+        encode(job.headers),
     )
 
 
@@ -109,6 +113,7 @@ def job_from_row(row: Sequence[object]) -> JobRecord:
         finished_at=datetime_or_none(row[16]),
         schedule=row[17],
         fire_time=datetime_or_none(row[18]),
+        headers=json.loads(cast(str, row[19])),
     )
 
 
@@ -209,19 +214,131 @@ HELD = "WHERE id = ? AND state = 'running' AND worker = ?"
 """The jobs a worker holds: running, and claimed by it."""
 
 
+_COMPLETE = (
+    f"UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, finished_at = ? {HELD}"
+)
+
+
 def complete_many(
     connection: sqlite3.Connection, completions: Sequence[tuple[str, str, int]]
 ) -> list[bool]:
     with immediate(connection):
         return [
-            connection.execute(
-                "UPDATE kernel_jobs SET state = 'succeeded', lease_expires_at = NULL, "
-                f"finished_at = ? {HELD}",
-                (finished_us, job_id, worker),
-            ).rowcount
-            == 1
+            connection.execute(_COMPLETE, (finished_us, job_id, worker)).rowcount == 1
             for job_id, worker, finished_us in completions
         ]
+
+
+@attrs.frozen
+class Claim:
+    """What one claim asks for (times in epoch microseconds)."""
+
+    queue: str
+    worker: str
+    now_us: int
+    until_us: int
+    limit: int
+    aging_us: int | None
+
+
+_CLAIM_BY_PRIORITY = (
+    "UPDATE kernel_jobs SET state = 'running', worker = ?, lease_expires_at = ?, "
+    "attempts = attempts + 1 WHERE seq IN ("
+    "SELECT seq FROM kernel_jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? "
+    "ORDER BY priority DESC, run_at, enqueued_at, seq LIMIT ?"
+    f") RETURNING seq, {JOB_COLUMNS}"
+)
+"""A claim without aging: one walk down ``kernel_jobs_order`` in claim
+order, stopping at LIMIT."""
+
+_TOP_LEVEL = (
+    "SELECT priority FROM kernel_jobs WHERE queue = ? AND state = 'queued' "
+    "ORDER BY priority DESC LIMIT 1"
+)
+_NEXT_LEVEL = (
+    "SELECT priority FROM kernel_jobs WHERE queue = ? AND state = 'queued' AND priority < ? "
+    "ORDER BY priority DESC LIMIT 1"
+)
+_LEVEL_HEADS = (
+    "SELECT seq, priority, run_at, enqueued_at FROM kernel_jobs "
+    "WHERE queue = ? AND state = 'queued' AND priority = ? AND run_at <= ? "
+    "AND run_at >= enqueued_at ORDER BY run_at, enqueued_at, seq LIMIT ?"
+)
+_EARLY = (
+    "SELECT seq, priority, run_at, enqueued_at FROM kernel_jobs INDEXED BY kernel_jobs_early "
+    "WHERE queue = ? AND state = 'queued' AND run_at < enqueued_at AND run_at <= ?"
+)
+"""The jobs enqueued for a time already past (few): their partial index, by
+name, since the planner would otherwise walk every due job."""
+_CLAIM_SEQS = (
+    "UPDATE kernel_jobs SET state = 'running', worker = ?, lease_expires_at = ?, "
+    "attempts = attempts + 1 WHERE seq IN ({marks}) RETURNING seq, {columns}"
+)
+
+
+def aged_candidates(connection: sqlite3.Connection, claim: Claim) -> list[int]:
+    """The ``seq`` of the best ``limit`` due jobs with aging, read from
+    indexes without sorting the backlog: the same argument as the PostgreSQL
+    adapter's claim and the memory store's per-level heaps. Within one
+    priority level a job due at its ``run_at`` (``run_at >= enqueued_at``,
+    nearly all) has aged at least as much as every job behind it in
+    (run_at, enqueued_at, seq) order, so the best ``limit`` are among the
+    first ``limit`` of each level (found level by level down
+    ``kernel_jobs_order``, a loose index scan) and the few jobs enqueued for
+    a time already past (``kernel_jobs_early``)."""
+    assert claim.aging_us is not None
+    rows: list[tuple[int, int, int, int]] = []
+    level = connection.execute(_TOP_LEVEL, (claim.queue,)).fetchone()
+    while level is not None:
+        rows += connection.execute(
+            _LEVEL_HEADS, (claim.queue, level[0], claim.now_us, claim.limit)
+        ).fetchall()
+        level = connection.execute(_NEXT_LEVEL, (claim.queue, level[0])).fetchone()
+    rows += connection.execute(_EARLY, (claim.queue, claim.now_us)).fetchall()
+    now_us, aging_us = claim.now_us, claim.aging_us
+
+    def order(row: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        seq, priority, run_at, enqueued_at = row
+        aged = priority + max(0, now_us - max(run_at, enqueued_at)) // aging_us
+        return (-aged, run_at, enqueued_at, seq)
+
+    return [row[0] for row in sorted(rows, key=order)[: claim.limit]]
+
+
+def claim_jobs(connection: sqlite3.Connection, claim: Claim) -> list[Any]:
+    """Claim in `kernel.storage.base.claim_order`; the rows are (seq, job
+    columns...), in no particular order (RETURNING has none). Call inside
+    a write transaction (`immediate`) or as the statement's own."""
+    params = (claim.worker, claim.until_us)
+    if claim.aging_us is None:
+        return connection.execute(
+            _CLAIM_BY_PRIORITY, (*params, claim.queue, claim.now_us, claim.limit)
+        ).fetchall()
+    seqs = aged_candidates(connection, claim)
+    if not seqs:
+        return []
+    sql = _CLAIM_SEQS.format(marks=marks(len(seqs)), columns=JOB_COLUMNS)
+    return connection.execute(sql, (*params, *seqs)).fetchall()
+
+
+def claim_in_transaction(connection: sqlite3.Connection, claim: Claim) -> list[Any]:
+    with immediate(connection):
+        return claim_jobs(connection, claim)
+
+
+def complete_and_claim_jobs(
+    connection: sqlite3.Connection, completed: Sequence[str], finished_us: int, claim: Claim
+) -> tuple[set[str], list[Any]]:
+    """The workers' round trip: completions and the next claim in one write
+    transaction."""
+    with immediate(connection):
+        done = {
+            job_id
+            for job_id in completed
+            if connection.execute(_COMPLETE, (finished_us, job_id, claim.worker)).rowcount == 1
+        }
+        rows = claim_jobs(connection, claim) if claim.limit else []
+    return done, rows
 
 
 @attrs.define(eq=False)

@@ -105,6 +105,17 @@ MIGRATIONS: Final = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        3,
+        "job headers; claims with aging served from indexes",
+        (
+            "ALTER TABLE kernel_jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'",
+            # the few jobs enqueued for a time already past: a claim with aging
+            # reads them apart from the per-priority heads (see _sql.claim_jobs)
+            """CREATE INDEX kernel_jobs_early ON kernel_jobs (queue, run_at)
+                WHERE state = 'queued' AND run_at < enqueued_at""",
+        ),
+    ),
 )
 """Every migration, oldest first."""
 

@@ -90,8 +90,12 @@ from kernel.storage.sqlite._sql import (
     HELD,
     INSERT_JOB,
     JOB_COLUMNS,
+    JOB_COLUMNS_NO_PAYLOAD,
+    Claim,
     Pending,
     batches,
+    claim_in_transaction,
+    complete_and_claim_jobs,
     complete_many,
     count_changes,
     encode,
@@ -323,6 +327,26 @@ class SQLiteStorage:
 
         return await self._call(work)
 
+    def _claim_of(
+        self,
+        queue: str,
+        worker: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        aging: timedelta | None,
+        *,
+        minimum: int = 1,
+    ) -> Claim:
+        validate_name("queue", queue)
+        validate_name("worker", worker)
+        now_us = to_epoch_micros(utc_datetime(now, field="now"))
+        lease_us = validate_lease(lease) // timedelta(microseconds=1)
+        validate_limit(limit, minimum=minimum, maximum=MAX_CLAIM_LIMIT)
+        aging = validate_aging(aging)
+        aging_us = None if aging is None else max(aging // timedelta(microseconds=1), 1)
+        return Claim(queue, worker, now_us, now_us + lease_us, limit, aging_us)
+
     async def claim(
         self,
         queue: str,
@@ -333,38 +357,29 @@ class SQLiteStorage:
         limit: int = 1,
         aging: timedelta | None = None,
     ) -> list[JobRecord]:
-        validate_name("queue", queue)
-        validate_name("worker", worker)
-        now = utc_datetime(now, field="now")
-        now_us = to_epoch_micros(now)
-        lease_us = validate_lease(lease) // timedelta(microseconds=1)
-        validate_limit(limit, maximum=MAX_CLAIM_LIMIT)
-        aging = validate_aging(aging)
-        # kernel.jobs.record.claim_order in SQL; with aging, the effective priority of
-        # kernel.jobs.record.effective_priority. One statement, so atomic; PostgreSQL
-        # adds FOR UPDATE SKIP LOCKED to the subquery.
-        if aging is None:
-            order = "priority DESC"
-            order_params: tuple[int, ...] = ()
-        else:
-            order = "priority + max(0, ? - max(run_at, enqueued_at)) / ? DESC"
-            order_params = (now_us, max(aging // timedelta(microseconds=1), 1))
-        rows = await self._call(
-            fetch_all(
-                "UPDATE kernel_jobs SET state = 'running', worker = ?, lease_expires_at = ?, "
-                "attempts = attempts + 1 WHERE seq IN ("
-                "SELECT seq FROM kernel_jobs WHERE queue = ? AND state = 'queued' "
-                f"AND run_at <= ? ORDER BY {order}, run_at, enqueued_at, seq LIMIT ?"
-                f") RETURNING seq, {JOB_COLUMNS}",
-                (worker, now_us + lease_us, queue, now_us, *order_params, limit),
+        claim = self._claim_of(queue, worker, now, lease, limit, aging)
+        rows = await self._call(functools.partial(claim_in_transaction, claim=claim))
+        return _in_claim_order(rows, now, aging)
+
+    async def complete_and_claim(
+        self,
+        queue: str,
+        *,
+        worker: str,
+        now: datetime,
+        completed: Sequence[str] = (),
+        lease: timedelta,
+        limit: int = 0,
+        aging: timedelta | None = None,
+    ) -> tuple[set[str], list[JobRecord]]:
+        claim = self._claim_of(queue, worker, now, lease, limit, aging, minimum=0)
+        ids = validate_job_ids(completed)
+        done, rows = await self._call(
+            functools.partial(
+                complete_and_claim_jobs, completed=ids, finished_us=claim.now_us, claim=claim
             )
         )
-        # RETURNING has no order: sort as the subquery did.
-        claimed = sorted(
-            ((job_from_row(row[1:]), row[0]) for row in rows),
-            key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
-        )
-        return [job for job, _ in claimed]
+        return done, _in_claim_order(rows, now, aging)
 
     async def heartbeat(
         self, job_ids: Sequence[str], *, worker: str, lease_until: datetime
@@ -500,6 +515,7 @@ class SQLiteStorage:
         queue: str | None = None,
         limit: int = 100,
         after_id: str | None = None,
+        payloads: bool = True,
     ) -> list[JobRecord]:
         conditions: list[str] = []
         params: list[object] = []
@@ -514,8 +530,9 @@ class SQLiteStorage:
             params.append(validate_job_id(after_id))
         params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        columns = JOB_COLUMNS if payloads else JOB_COLUMNS_NO_PAYLOAD
         rows = await self._call(
-            fetch_all(f"SELECT {JOB_COLUMNS} FROM kernel_jobs {where}ORDER BY id LIMIT ?", params)
+            fetch_all(f"SELECT {columns} FROM kernel_jobs {where}ORDER BY id LIMIT ?", params)
         )
         return [job_from_row(row) for row in rows]
 
@@ -582,6 +599,15 @@ class SQLiteStorage:
                 (schedule, text),
             )
         )
+
+
+def _in_claim_order(rows: list[Any], now: datetime, aging: timedelta | None) -> list[JobRecord]:
+    """RETURNING has no order: the claimed jobs sorted as the claim chose them."""
+    claimed = sorted(
+        ((job_from_row(row[1:]), row[0]) for row in rows),
+        key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
+    )
+    return [job for job, _ in claimed]
 
 
 def _decode(text: str) -> JSON:
