@@ -259,7 +259,9 @@ class KernelControl:
         count = 0
         after: str | None = None
         while count < self.depth_limit:
-            page = await store.list_jobs(state=state, queue=queue, limit=batch, after_id=after)
+            page = await store.list_jobs(
+                state=state, queue=queue, limit=batch, after_id=after, payloads=False
+            )
             count += len(page)
             if len(page) < batch:
                 break
