@@ -287,6 +287,7 @@ async def test_an_endpoint_failing_twice_is_retried_until_it_answers(
     async with kernel(notifier=fanout((NotifyRoute("fake://x"), remote))) as k:
         await k.notifier.notify("disk full", "93%", Level.warning)
         await remote.arrived.wait()
+        await k.queue.wait_idle(QUEUE)  # the success is stored with the next claim
         (job,) = await k.queue.store.list_jobs(queue=QUEUE)
     assert remote.titles == ["disk full"]
     assert len(remote.attempts) == 3

@@ -174,6 +174,7 @@ class ScheduleFeeder:
         order; while the store fails, keep them and retry with backoff
         (storing a slot twice is harmless: the store claims it once)."""
         backoff = Backoff()
+        self._stopped = False
         while True:
             await self._feed.wait()
             self._feed = trio.Event()
