@@ -40,7 +40,7 @@ from kernel.errors import (
 from kernel_http._auth import Guard, problem
 from kernel_http.activity import Activity, job_totals
 from kernel_http.openapi import openapi_document
-from kernel_http.prometheus import LoopLag, gather_facts, render
+from kernel_http.prometheus import gather_facts, render
 
 __all__ = ["API", "BadParameter", "HttpContext", "api_routes", "failure_response", "job_json"]
 
@@ -55,14 +55,13 @@ _EVENT_BUFFER: Final = 256
 
 @attrs.define(eq=False)
 class HttpContext:
-    """What the routes share: the kernel, its control, the access rules,
-    the activity history and the loop-lag probe."""
+    """What the routes share: the kernel, its control, the access rules and
+    the activity history."""
 
     kernel: Kernel
     control: KernelControl
     guard: Guard
     activity: Activity = attrs.Factory(Activity)
-    lag: LoopLag = attrs.Factory(LoopLag)
 
     def sample_activity(self) -> None:
         finished, failed = job_totals(self.kernel.metrics)
@@ -188,7 +187,7 @@ def api_routes(ctx: HttpContext) -> list[BaseRoute]:
         if refusal is not None:
             return refusal
         try:
-            facts = await gather_facts(control, ctx.lag)
+            facts = await gather_facts(control)
         except (KernelNotRunning, StorageError) as error:
             return failure_response(error)
         body, content_type = render(ctx.kernel.metrics, facts, request.headers.get("accept"))

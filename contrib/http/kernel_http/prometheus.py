@@ -6,16 +6,16 @@ default registry leaks in, and the text is written by prometheus_client
 itself: the format is not re-implemented here. What it exports:
 
 - every series of the kernel's `kernel.Metrics` (jobs by task: run time,
-  failures, retries, dead letters; schedule lateness; plugin restarts,
-  schedule runs, adapter calls...) as ``kernel_<name>``: counters as
+  failures, retries, dead letters; schedule lateness; the loop lag its
+  watchdog measures; plugin restarts, schedule runs, adapter calls...) as
+  ``kernel_<name>``: counters as
   counters, gauges as gauges, and the kernel's sketch histograms as
   Prometheus histograms with fixed ``le`` buckets (`BUCKETS`, read from the
   sketch within its 1 % accuracy);
 - what a scrape reads from the running kernel (`KernelFacts`): each queue's
   depth, running jobs, concurrency and pause; each plugin's state (one
   series per state, 1 for the current one) and health; each schedule's
-  next fire, pause and slot counts; each task breaker's state; the loop lag
-  measured by this server (`LoopLag`).
+  next fire, pause and slot counts; each task breaker's state.
 
 A kernel metric whose name would collide with one of these is left out.
 """
@@ -27,14 +27,13 @@ from datetime import datetime
 from typing import Any, Final
 
 import attrs
-import trio
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from kernel import BreakerState, KernelControl, Metrics, PluginState, Status
 
-__all__ = ["BUCKETS", "KernelCollector", "KernelFacts", "LoopLag", "gather_facts", "render"]
+__all__ = ["BUCKETS", "KernelCollector", "KernelFacts", "gather_facts", "render"]
 
 PREFIX: Final = "kernel_"
 
@@ -56,25 +55,8 @@ _OWN: Final = frozenset(
         "schedule_paused",
         "schedule_slots",
         "breaker_state",
-        "loop_lag_seconds",
     }
 )
-
-
-class LoopLag:
-    """How late the trio loop wakes a sleeping task: the loop lag Node's
-    ``monitorEventLoopDelay`` and aiomonitor report. `run` sleeps
-    ``interval`` seconds again and again and keeps the last overshoot."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self.last: float | None = None
-
-    async def run(self) -> None:
-        while True:
-            start = trio.current_time()
-            await trio.sleep(self.interval)
-            self.last = max(0.0, trio.current_time() - start - self.interval)
 
 
 @attrs.frozen
@@ -87,14 +69,12 @@ class KernelFacts:
     plugins: list[dict[str, Any]] = attrs.Factory(list)
     schedules: list[dict[str, Any]] = attrs.Factory(list)
     breakers: dict[str, BreakerState] = attrs.Factory(dict)
-    loop_lag: float | None = None
 
 
-async def gather_facts(control: KernelControl, lag: LoopLag | None = None) -> KernelFacts:
+async def gather_facts(control: KernelControl) -> KernelFacts:
     """The facts of a scrape; a kernel that is not running has none."""
-    last_lag = None if lag is None else lag.last
     if not control.running:
-        return KernelFacts(running=False, loop_lag=last_lag)
+        return KernelFacts(running=False)
     breakers = {
         name: spec.breaker.state
         for name, spec in control.kernel.queue.tasks.items()
@@ -106,7 +86,6 @@ async def gather_facts(control: KernelControl, lag: LoopLag | None = None) -> Ke
         plugins=control.plugins(),
         schedules=control.schedules(),
         breakers=breakers,
-        loop_lag=last_lag,
     )
 
 
@@ -156,10 +135,6 @@ class KernelCollector:
         up = _gauge("up", "1 while the kernel runs (its adapters open, its plugins started)")
         up.add_sample(PREFIX + "up", {}, 1.0 if facts.running else 0.0)
         yield up
-        if facts.loop_lag is not None:
-            lag = _gauge("loop_lag_seconds", "How late the trio loop last woke a sleeping task")
-            lag.add_sample(PREFIX + "loop_lag_seconds", {}, facts.loop_lag)
-            yield lag
         if not facts.running:
             return
         yield from self._queues()

@@ -131,7 +131,6 @@ async def serve_http(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(worker_serve, asgi, hypercorn, sockets=sockets))
-            nursery.start_soon(context.lag.run)
             nursery.start_soon(_sample_activity, context)
             log.info("serving the dashboard at %s/ (API at %s/api/v1/)", url, url)
             try:

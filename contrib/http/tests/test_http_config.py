@@ -1,17 +1,14 @@
-"""The [http] table: listen addresses, tokens, and the loop-lag probe."""
+"""The [http] table: listen addresses and tokens."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import trio
-from trio.testing import MockClock
 
 from kernel.config.structure import structure_config
 from kernel.errors import ConfigError
 from kernel_http.config import HttpConfig, Listen, parse_listen
-from kernel_http.prometheus import LoopLag
 
 
 @pytest.mark.parametrize(
@@ -85,13 +82,3 @@ def test_beyond_loopback_a_token_is_required() -> None:
     assert structure({"listen": "0.0.0.0:8080", "token_env": "X"}).address.loopback is False
     with pytest.raises(ConfigError, match=r"at http\.token_env: expected an environment variable"):
         structure({"token_env": "not a name"})
-
-
-async def test_the_loop_lag_probe_reports_overshoot(autojump_clock: MockClock) -> None:
-    lag = LoopLag(interval=0.5)
-    assert lag.last is None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lag.run)
-        await trio.sleep(1.2)
-        assert lag.last == 0.0  # a mock clock wakes every sleeper on time
-        nursery.cancel_scope.cancel()
