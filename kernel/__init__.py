@@ -28,6 +28,8 @@ from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage
 from kernel.resilience.breaker import BreakerState, CircuitBreaker
 from kernel.resilience.retry import Jitter, RetryPolicy
+from kernel.runtime.contrib import Contrib
+from kernel.runtime.control import JobPage, KernelControl
 from kernel.runtime.discovery import open_bus, open_notifier, open_storage
 from kernel.runtime.embedding import AsyncioHandle, KernelThread, embed_in_asyncio
 from kernel.runtime.kernel import ExitCode, Kernel, PluginSpec
@@ -71,6 +73,7 @@ __all__ = [
     "CircuitOpen",
     "Clock",
     "ConfigError",
+    "Contrib",
     "Cron",
     "CronExpression",
     "CronSyntaxError",
@@ -80,11 +83,13 @@ __all__ = [
     "HealthReport",
     "HealthTransition",
     "Jitter",
+    "JobPage",
     "JobQueue",
     "JobRecord",
     "JobState",
     "Kernel",
     "KernelConfig",
+    "KernelControl",
     "KernelError",
     "KernelThread",
     "Level",

@@ -43,6 +43,7 @@ catches ``ValueError`` or ``LookupError`` keeps working::
     ├── DuplicateTask (ValueError)
     ├── JobTimedOut
     ├── KernelNotRunning (RuntimeError)
+    ├── NotFound (LookupError)
     ├── StatusUnavailable
     ├── StatusSocketError
     └── PayloadError (TypeError)
@@ -73,6 +74,7 @@ __all__ = [
     "KernelError",
     "KernelNotRunning",
     "MetricError",
+    "NotFound",
     "NotJSONSerializable",
     "NotificationFailed",
     "NotifierClosed",
@@ -665,6 +667,23 @@ class KernelNotRunning(KernelError, RuntimeError):
     """A host handle was used while its kernel was not running: before
     `KernelThread.start`, after a stop, or after the kernel ended on an error
     (which is then the ``__cause__``)."""
+
+
+class NotFound(KernelError, LookupError):
+    """An operator action (`KernelControl`, the HTTP API) named a ``kind`` of
+    thing (``"plugin"``, ``"schedule"``, ``"queue"``, ``"job"``) that this
+    kernel does not have under ``name``; ``known`` lists what it has, when
+    that list is short enough to help."""
+
+    def __init__(self, kind: str, name: str, known: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = known
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        hint = f" (known: {', '.join(self.known)})" if self.known else ""
+        return f"no {self.kind} named {self.name!r}{hint}"
 
 
 class StatusUnavailable(KernelError):

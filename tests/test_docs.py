@@ -56,7 +56,7 @@ from kernel.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 RUNNABLE = {"python", "toml", "json", "console"}
-NOT_CODE = {"", "text", "sql"}
+NOT_CODE = {"", "text", "sql", "yaml"}
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<info>.*)$")
 FOREVER = 1.0
 """Real seconds a program meant to run forever runs (minutes of virtual time)."""

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import urllib.parse
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -40,6 +41,7 @@ from kernel.cli.jobs import jobs_group
 from kernel.config.durations import describe_duration, parse_duration
 from kernel.config.files import KernelConfig, load_config
 from kernel.errors import KernelError, StatusUnavailable
+from kernel.runtime.contrib import ContribEntry, load_contribs, open_contribs
 from kernel.runtime.discovery import load_plugin_factory, open_storage, upgrade_storage
 from kernel.runtime.kernel import STATE_NAMESPACE, ExitCode, Kernel, PluginSpec
 from kernel.runtime.plugins import Manifest
@@ -194,8 +196,23 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
     )
 
 
-async def _serve(kernel: Kernel, socket_path: Path | None, stop_after: float | None) -> ExitCode:
-    async with trio.open_nursery() as nursery:
+def _contribs(config: KernelConfig) -> list[ContribEntry]:
+    """The contribs the file configures (``[http]``...), their tables checked."""
+    try:
+        return load_contribs(config.contrib, source=config.source)
+    except KernelError as error:
+        raise click.UsageError(str(error)) from None
+
+
+async def _serve(
+    kernel: Kernel,
+    socket_path: Path | None,
+    stop_after: float | None,
+    contribs: Sequence[ContribEntry] = (),
+) -> ExitCode:
+    # contribs start first (a port in use stops the run before any plugin
+    # starts) and stop last
+    async with open_contribs(kernel, contribs), trio.open_nursery() as nursery:
         if socket_path is not None:
             await nursery.start(serve_status, kernel, socket_path)
         if stop_after is not None:
@@ -252,11 +269,15 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 def run_command(config_path: str, log_level: str | None, stop_after: float | None) -> None:
     """Run the plugins of CONFIG.toml until SIGINT or SIGTERM.
 
+    Top-level tables other than [kernel] and [plugins] configure installed
+    contribs, which run beside the kernel ([http]: trio-kernel-http).
+
     Exit codes: 0 stopped cleanly; 1 the kernel failed; 2 bad configuration;
     3 a second signal or a plugin past its grace period; 4 a plugin failed
     past its restart budget.
     """
     config, specs = _load(config_path)
+    contribs = _contribs(config)
     kernel = _kernel(config, specs)
     level = (log_level or config.kernel.log_level).upper()
     handler = logging.StreamHandler()
@@ -264,7 +285,7 @@ def run_command(config_path: str, log_level: str | None, stop_after: float | Non
     logging.basicConfig(level=level, handlers=[handler])
     socket_path = config.kernel.status_socket
     try:
-        code = trio.run(_serve, kernel, socket_path, stop_after)
+        code = trio.run(_serve, kernel, socket_path, stop_after, contribs)
     except Exception as raised:
         error = sole_error(raised)
         if isinstance(error, KernelError):  # a plugin config, an adapter URL, the store

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +16,7 @@ from kernel.config._messages import BadValue, format_duration, join_key_path, un
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
 from kernel.notifier.routing import NotifyRoute, routes_from
+from kernel.runtime.contrib import contrib_tables as installed_contrib_tables
 from kernel.urls import redact_url
 
 __all__ = [
@@ -161,11 +162,14 @@ class PluginEntry:
 @attrs.frozen
 class KernelConfig:
     """A whole config file: kernel settings, plugin instances by name (in
-    file order), and the ``source`` errors name."""
+    file order), the tables of installed contribs (``[http]``, kept raw
+    until `kernel.runtime.contrib.load_contribs` knows their classes), and
+    the ``source`` errors name."""
 
     kernel: KernelSettings = KernelSettings()
     plugins: dict[str, PluginEntry] = attrs.field(factory=dict, validator=_plugin_names)
     source: str = "<defaults>"
+    contrib: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
 
 _TOP_LEVEL_KEYS = ["kernel", "plugins"]
@@ -183,15 +187,33 @@ def _toml_reason(error: ValueError) -> str:
     return f"invalid TOML {where}: {text[:1].lower()}{text[1:]}"
 
 
-def _kernel_config(document: Mapping[str, Any], source: str) -> KernelConfig:
+def _unknown_table(key: str, claimed: Collection[str]) -> str:
+    reason = unknown_key_reason(key, [*_TOP_LEVEL_KEYS, *sorted(claimed)])
+    if "did you mean" in reason:
+        return reason
+    return (
+        f"{reason} (any other top-level table needs the contrib that claims it installed, "
+        "e.g. [http] from trio-kernel-http)"
+    )
+
+
+def _kernel_config(
+    document: Mapping[str, Any], source: str, claimed: Collection[str]
+) -> KernelConfig:
     problems: list[ConfigError] = []
-    for key in document:
-        if key not in _TOP_LEVEL_KEYS:
+    contrib: dict[str, dict[str, Any]] = {}
+    for key, value in document.items():
+        if key in _TOP_LEVEL_KEYS:
+            continue
+        path = join_key_path("", (key,))
+        if key not in claimed:
+            problems.append(ConfigError(source, path, _unknown_table(key, claimed)))
+        elif not isinstance(value, Mapping):
             problems.append(
-                ConfigError(
-                    source, join_key_path("", (key,)), unknown_key_reason(key, _TOP_LEVEL_KEYS)
-                )
+                ConfigError(source, path, str(BadValue("a table", value)), expected="a table")
             )
+        else:
+            contrib[key] = dict(value)
     settings = KernelSettings()
     try:
         settings = structure_config(
@@ -217,15 +239,21 @@ def _kernel_config(document: Mapping[str, Any], source: str) -> KernelConfig:
             problems += error.problems
     if problems:
         raise ConfigError.from_problems(problems)
-    return KernelConfig(kernel=settings, plugins=plugins, source=source)
+    return KernelConfig(kernel=settings, plugins=plugins, source=source, contrib=contrib)
 
 
-def parse_config(text: str, *, source: str) -> KernelConfig:
+def parse_config(
+    text: str, *, source: str, contrib_tables: Collection[str] | None = None
+) -> KernelConfig:
     """The `KernelConfig` in TOML ``text``; ``source`` names it in errors.
 
     Raises `ConfigError`: invalid TOML (with tomllib's line and column),
     unknown keys, wrong types, invalid plugin names, malformed adapter URLs,
     durations that are not positive. All problems are reported at once.
+    Top-level tables other than ``[kernel]`` and ``[plugins]`` must be
+    claimed by a contrib: ``contrib_tables`` names them (default: the
+    installed contribs', `kernel.runtime.contrib.contrib_tables`); their
+    contents are checked when the contrib is loaded.
     """
     try:
         document = tomllib.loads(text)
@@ -233,10 +261,11 @@ def parse_config(text: str, *, source: str) -> KernelConfig:
         raise ConfigError(source, "", _toml_reason(error)) from None
     except RecursionError:
         raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
-    return _kernel_config(document, source)
+    claimed = installed_contrib_tables() if contrib_tables is None else contrib_tables
+    return _kernel_config(document, source, claimed)
 
 
-def load_config(path: str | Path) -> KernelConfig:
+def load_config(path: str | Path, *, contrib_tables: Collection[str] | None = None) -> KernelConfig:
     """The `KernelConfig` in the TOML file at ``path`` (UTF-8, a leading
     byte-order mark tolerated); errors name the file as ``path`` was given.
 
@@ -261,4 +290,4 @@ def load_config(path: str | Path) -> KernelConfig:
         raise ConfigError(
             source, "", f"not UTF-8 text (invalid byte at line {line}, column {column})"
         ) from None
-    return parse_config(text, source=source)
+    return parse_config(text, source=source, contrib_tables=contrib_tables)

@@ -25,10 +25,11 @@ around ``trio.to_thread.run_sync``, not inside it).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -219,6 +220,28 @@ class Histogram:
     def bucket_count(self) -> int:
         """Buckets in use; never more than `MAX_BUCKETS`."""
         return len(self._buckets)
+
+    def cumulative_counts(self, bounds: Sequence[float]) -> list[int]:
+        """For each of ``bounds`` (ascending), how many values were observed
+        at or below it: the ``le`` buckets of a Prometheus histogram. A value
+        within `RELATIVE_ACCURACY` of a bound may be counted on either side
+        of it (the sketch keeps buckets, not values); values above the last
+        bound are in `count` only, as ``le="+Inf"`` is."""
+        if any(later < earlier for earlier, later in itertools.pairwise(bounds)):
+            raise MetricError(self.name, f"bounds must ascend, got {list(bounds)!r}")
+        counts = [0] * len(bounds)
+        keys = sorted(self._buckets)
+        seen = 0
+        index = 0
+        for key in keys:
+            value = _bucket_value(key)
+            while index < len(bounds) and bounds[index] < value:
+                counts[index] = seen
+                index += 1
+            seen += self._buckets[key]
+        for rest in range(index, len(bounds)):
+            counts[rest] = seen
+        return counts
 
     def quantile(self, q: float) -> float | None:
         """The ``q``-quantile (0 <= q <= 1), or ``None`` when nothing was observed."""

@@ -158,6 +158,23 @@ class Schedule:
         self.paused = False
         self._plan(after=self._scheduler.clock.now())
 
+    def trigger_now(self) -> None:
+        """Fire once now, outside the trigger's slots: an operator's "run
+        it now" (Hangfire's *Trigger now*, Celery beat's manual run). The
+        overlap policy applies as to any slot (a queued schedule's job is one
+        more job, held back while one of this schedule is queued or running
+        under ``SkipIfRunning``); the planned next fire does not move, and a
+        paused schedule stays paused. A cancelled schedule does nothing."""
+        if self.cancelled:
+            return
+        now = self._scheduler.clock.now()
+        self.stats.fired += 1
+        self.last_fire_time = now
+        if self._emit is not None:
+            self._emit(self, [now])
+        else:
+            self._admit()
+
     def cancel(self) -> None:
         """Remove the schedule and cancel its runs in progress."""
         if self.cancelled:
