@@ -10,13 +10,23 @@ flushes a database or restarts the server.
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
-from redis_helpers import DEFAULT_URL, delete_prefix, ping, unique_prefix, with_options
+from redis_helpers import (
+    DEFAULT_URL,
+    PrivateServer,
+    delete_prefix,
+    ping,
+    unique_prefix,
+    with_options,
+)
 
 from kernel_redis._url import shown_url
 
@@ -54,3 +64,26 @@ def client_name() -> str:
 def redis_url(redis_server: str, prefix: str, client_name: str) -> str:
     """A storage or bus URL under the test's prefix, with a small pool."""
     return with_options(redis_server, prefix=prefix, pool_size=4, client_name=client_name)
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
+    """A fresh ``redis-server`` of this test's own, stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "no redis-server binary to run a private server"
+        if os.environ.get("KERNEL_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (KERNEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
+        pytest.skip(reason)
+    server = PrivateServer(binary, str(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def collect_failed_connections() -> Iterator[None]:
+    yield
+    gc.collect()
