@@ -25,7 +25,7 @@ from kernel.jobs.queue import JobQueue
 from kernel.ports import JSON, EnqueueListener, JobRecord, JobState
 from kernel.testing.jobstore_contract import LEASE, T0, make_job
 from kernel.time.scheduler import open_scheduler
-from kernel_redis import RedisStorage, open_bus, open_storage
+from kernel_redis import RedisBus, RedisStorage, open_bus, open_storage
 
 WAIT = 10.0
 """Real seconds to wait for something that must happen (a hang guard)."""
@@ -149,6 +149,32 @@ async def test_times_far_from_now_keep_their_order(node_a: RedisStorage) -> None
         "default", worker="w", now=datetime(9999, 1, 1, tzinfo=UTC), lease=LEASE, limit=10
     )
     assert [job.run_at for job in claimed] == dates
+
+
+async def test_a_large_purge_goes_in_batches(node_a: RedisStorage) -> None:
+    count = 1_200  # more than one script's batch of 1,000
+    for index in range(count):
+        job, _ = await node_a.enqueue(make_job(queue=f"q{index % 3}"))
+        await node_a.cancel(job.id, now=T0)
+    kept, _ = await node_a.enqueue(make_job())
+    assert await node_a.purge(state=JobState.cancelled) == count
+    assert [job.id for job in await node_a.list_jobs()] == [kept.id]
+    assert await node_a.list_jobs(queue="q1") == []
+
+
+async def test_the_kernel_opens_redis_by_its_url(redis_url: str) -> None:
+    import kernel
+
+    storage = await kernel.open_storage(redis_url)
+    try:
+        assert isinstance(storage, RedisStorage)
+        await storage.put("ns", "k", [1])
+        assert await storage.get("ns", "k") == [1]
+    finally:
+        await storage.aclose()
+    bus = await kernel.open_bus(redis_url)
+    assert isinstance(bus, RedisBus)
+    await bus.aclose()
 
 
 # -- waking idle nodes ---------------------------------------------------------------
