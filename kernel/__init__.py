@@ -22,6 +22,7 @@ from kernel.errors import (
 )
 from kernel.jobs.queue import JobQueue
 from kernel.jobs.rate import RateLimit
+from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthReport, HealthTransition, Status
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage
@@ -92,6 +93,7 @@ __all__ = [
     "Metrics",
     "MisfirePolicy",
     "Notifier",
+    "NotifyRoute",
     "OverlapPolicy",
     "Permission",
     "PermissionDenied",

@@ -22,7 +22,9 @@ catches ``ValueError`` or ``LookupError`` keeps working::
     │   └── BusClosed
     ├── NotifierError
     │   ├── InvalidNotification (ValueError)
-    │   └── NotifierClosed
+    │   ├── NotifierClosed
+    │   ├── NotificationFailed
+    │   └── NotifierNotConfigured (LookupError)
     ├── InvalidAdapterURL (ValueError)
     ├── AdapterNotFound (LookupError)
     ├── AdapterLoadError
@@ -71,8 +73,10 @@ __all__ = [
     "KernelNotRunning",
     "MetricError",
     "NotJSONSerializable",
+    "NotificationFailed",
     "NotifierClosed",
     "NotifierError",
+    "NotifierNotConfigured",
     "PayloadError",
     "PermissionDenied",
     "PluginDependencyError",
@@ -249,6 +253,40 @@ class InvalidNotification(NotifierError, ValueError):
 
 class NotifierClosed(NotifierError):
     """The notifier was used after `aclose`."""
+
+
+class NotificationFailed(NotifierError):
+    """A notification the ``notifier`` (shown without secrets) could not
+    deliver, for the human ``reason``; the driver's error is the
+    ``__cause__``. ``retry_after`` is how many seconds the service asked to
+    wait before trying again (HTTP ``Retry-After``), when it said so: the
+    kernel's retry policy never tries sooner."""
+
+    def __init__(self, notifier: str, reason: str, *, retry_after: float | None = None) -> None:
+        self.notifier = notifier
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"notification to {self.notifier} failed: {self.reason}"
+        if self.retry_after is not None:
+            text += f" (the service asked to retry after {self.retry_after:g} s)"
+        return text
+
+
+class NotifierNotConfigured(NotifierError, LookupError):
+    """A stored notification names a ``notifier`` that this kernel's config
+    no longer has (it was renamed or removed); it is not retried."""
+
+    def __init__(self, notifier: str, known: list[str]) -> None:
+        self.notifier = notifier
+        self.known = known
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return f"no notifier {self.notifier!r} is configured (configured: {known})"
 
 
 class InvalidAdapterURL(KernelError, ValueError):

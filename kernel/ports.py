@@ -15,7 +15,9 @@ The ports, and the values they speak:
   namespaces;
 - `Bus` and `Subscription`: `Message` s on dot-separated topics, with
   AMQP-style ``*`` and ``#`` patterns (`validate_topic`, `topic_matches`);
-- `Notifier`: a title, a message and a `Level` (`validate_notification`);
+- `Notifier`: a title, a message and a `Level` (`validate_notification`),
+  sent in a `NotificationContext` (`current_notification_context`: the
+  topic, the plugin, the host) that an adapter may show;
 - `JobStore`: `JobRecord` s under leases, and once-only schedule slots;
   `EnqueueListener`, the optional wake-up of idle workers across processes;
 - `Trigger`: when a schedule fires next.
@@ -49,6 +51,11 @@ from kernel.bus.topics import (
 )
 from kernel.errors import InvalidNotification
 from kernel.jobs.record import JobRecord, JobState
+from kernel.notifier.context import (
+    NotificationContext,
+    current_notification_context,
+    notification_context,
+)
 from kernel.serialization import JSON, MAX_JSON_DEPTH, JSONLike, copy_json
 from kernel.time.triggers import Trigger
 from kernel.urls import redact_url, url_options, url_scheme
@@ -67,11 +74,15 @@ __all__ = [
     "Level",
     "Message",
     "Notification",
+    "NotificationContext",
     "Notifier",
     "Storage",
+    "SubscriberAware",
     "Subscription",
     "Trigger",
     "copy_json",
+    "current_notification_context",
+    "notification_context",
     "redact_url",
     "segments_match",
     "topic_matches",
@@ -232,6 +243,18 @@ class Bus(Protocol):
 
     async def aclose(self) -> None:
         """End every subscription and release the backend; idempotent."""
+        ...
+
+
+@runtime_checkable
+class SubscriberAware(Protocol):
+    """A bus that can tell whether anyone subscribes to a topic (the local
+    bus can; a bus shared between processes cannot know), so that senders
+    of frequent events skip building them for nobody. Optional."""
+
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether a message published on ``topic`` now would reach a
+        subscriber; cheap enough to ask for every message."""
         ...
 
 

@@ -78,13 +78,19 @@ class SlotStore:
         return getattr(self.inner, name)
 
     async def claim(self, queue: str, **options: Any) -> list[JobRecord]:
-        jobs = await self.inner.claim(queue, **options)
-        return [
-            job
-            if job.fire_time is None
-            else attrs.evolve(job, kwargs={**job.kwargs, "slot": job.fire_time.isoformat()})
-            for job in jobs
-        ]
+        return [_with_slot(job) for job in await self.inner.claim(queue, **options)]
+
+    async def complete_and_claim(
+        self, queue: str, **options: Any
+    ) -> tuple[set[str], list[JobRecord]]:
+        done, jobs = await self.inner.complete_and_claim(queue, **options)
+        return done, [_with_slot(job) for job in jobs]
+
+
+def _with_slot(job: JobRecord) -> JobRecord:
+    if job.fire_time is None:
+        return job
+    return attrs.evolve(job, kwargs={**job.kwargs, "slot": job.fire_time.isoformat()})
 
 
 async def seed(db: str, count: int) -> None:

@@ -313,7 +313,7 @@ def test_absurd_toml_is_still_a_config_error() -> None:
         (
             '[kernel]\nnotifier = " log://"',
             "config error in kernel.toml at kernel.notifier: expected a URL like 'scheme://...' "
-            "(e.g. 'memory://', 'sqlite:///state.db'), got ' log://'",
+            "(e.g. 'log://', 'apprise+ntfy://topic'), got ' log://'",
         ),
         (
             '[kernel]\nshutdown_grace = "0s"',

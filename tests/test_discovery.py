@@ -382,3 +382,21 @@ def test_two_plugin_entry_points_with_one_name_conflict() -> None:
     source = entry_points(("kernel.plugins", "dup", "a:b"), ("kernel.plugins", "dup", "c:d"))
     with pytest.raises(EntryPointConflict):
         load_plugin_factory("dup", find_entry_points=source)
+
+
+async def test_a_scheme_family_plus_variant_falls_back_to_the_family(
+    fake_module: Callable[..., str],
+) -> None:
+    """``apprise+slack://`` opens the adapter registered as ``apprise`` (with
+    the whole URL), unless an entry point claims the exact scheme."""
+    module = fake_module(family=sync_factory, exact=async_factory)
+    adapters = registry(
+        (STORAGE_GROUP, "fake", f"{module}:family"),
+        (STORAGE_GROUP, "fake+exact", f"{module}:exact"),
+    )
+    opened = await adapters.open("fake+anything://host/x")
+    assert isinstance(opened, FakeStorage)
+    assert opened.url == "fake+anything://host/x"
+    assert adapters.factory_for("fake+exact") is async_factory
+    with pytest.raises(AdapterNotFound):
+        await adapters.open("other+variant://")

@@ -419,7 +419,7 @@ async def test_example_config_loads_and_runs(path: Path, autojump_clock: MockClo
         # checkout, and its worker threads would let MockClock run ahead
         storage="memory://" if settings.storage.startswith("sqlite:") else settings.storage,
         bus=settings.bus,
-        notifier=settings.notifier,
+        notifier=settings.notifiers,
         health_interval=settings.health_interval.total_seconds(),
         clock=Clock.starting_at(T0),
     )

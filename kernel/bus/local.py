@@ -191,6 +191,7 @@ class LocalBus:
     _subscriptions: dict[LocalSubscription, None] = attrs.field(factory=dict, init=False)
     _dropped: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _wanted: dict[str, bool] = attrs.field(factory=dict, init=False)  # topic -> subscribed?
 
     @property
     def dropped(self) -> int:
@@ -261,15 +262,32 @@ class LocalBus:
         for sub in self._subscriptions:
             sub._end()
         self._subscriptions.clear()
+        self._wanted.clear()
         await trio.lowlevel.checkpoint()
+
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether a message on ``topic`` would reach a subscription now
+        (`kernel.ports.SubscriberAware`): one dict lookup, the answer kept
+        until a subscription comes or goes."""
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            if len(self._wanted) > 4096:
+                self._wanted.clear()
+            segments = topic.split(".")
+            wanted = self._wanted[topic] = any(
+                sub._matches(segments) for sub in self._subscriptions
+            )
+        return wanted
 
     def _register(self, sub: LocalSubscription) -> None:
         if self._closed:
             raise BusClosed("the local bus is closed")
         self._subscriptions[sub] = None
+        self._wanted.clear()
 
     def _unregister(self, sub: LocalSubscription) -> None:
         self._subscriptions.pop(sub, None)
+        self._wanted.clear()
 
     def _count_drop(self, sub: LocalSubscription, lost: Message) -> None:
         self._dropped += 1

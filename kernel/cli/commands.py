@@ -158,7 +158,7 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
             specs,
             storage=settings.storage,
             bus=settings.bus,
-            notifier=settings.notifier,
+            notifier=settings.notifiers,
             shutdown_grace=settings.shutdown_grace.total_seconds(),
             health_interval=settings.health_interval.total_seconds(),
         )

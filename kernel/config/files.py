@@ -15,6 +15,7 @@ import attrs
 from kernel.config._messages import BadValue, join_key_path, unknown_key_reason
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
+from kernel.notifier.routing import NotifyRoute, routes_from
 
 __all__ = [
     "KernelConfig",
@@ -44,6 +45,14 @@ def _adapter_url(_: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise BadValue("a URL string", value)
     if not _URL.match(value) or value != value.strip():
         raise BadValue("a URL like 'scheme://...' (e.g. 'memory://', 'sqlite:///state.db')", value)
+
+
+def _notifier_urls(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # each URL is checked as a route, whose errors never show the URL (secrets)
+    urls = [value] if isinstance(value, str) else value
+    assert isinstance(urls, list)  # the structuring hook gave a str or a list of str
+    for url in urls:
+        NotifyRoute(url)
 
 
 def _positive_duration(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -79,7 +88,11 @@ class KernelSettings:
     #: SQLite file in the working directory (embedding defaults to memory).
     storage: str = attrs.field(default="sqlite:///kernel.db", validator=_adapter_url)
     bus: str = attrs.field(default="local://", validator=_adapter_url)
-    notifier: str = attrs.field(default="log://", validator=_adapter_url)
+    #: One notifier URL or a list; each notification goes to every one.
+    notifier: str | list[str] = attrs.field(default="log://", validator=_notifier_urls)
+    #: ``[[kernel.notify]]`` tables: more notifiers, each with its routing
+    #: and noise rules (`kernel.notifier.routing.NotifyRoute`).
+    notify: list[NotifyRoute] = attrs.Factory(list)
     #: How long each plugin may take to stop before it is cancelled.
     shutdown_grace: datetime.timedelta = attrs.field(
         default=datetime.timedelta(seconds=10), validator=_positive_duration
@@ -91,6 +104,16 @@ class KernelSettings:
     #: The Unix socket `kernel status` talks to; ``None`` (the default) opens none.
     status_socket: Path | None = None
     log_level: LogLevel = "info"
+
+    def __attrs_post_init__(self) -> None:
+        routes_from(self.notifiers)  # two notifiers with one label are an error
+
+    @property
+    def notifiers(self) -> list[str | NotifyRoute]:
+        """What `Kernel` takes as ``notifier``: the ``notifier`` URLs, then
+        the ``[[kernel.notify]]`` routes."""
+        urls = [self.notifier] if isinstance(self.notifier, str) else self.notifier
+        return [*urls, *self.notify]
 
 
 @attrs.frozen

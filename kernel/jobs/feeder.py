@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -27,16 +27,19 @@ from kernel.jobs.events import JobEvents
 from kernel.jobs.record import JobRecord, clone_json, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry
 from kernel.jobs.workers import Workers
+from kernel.observe.metrics import Metrics
 from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
 from kernel.time.policies import AllowOverlap, MisfirePolicy, OverlapPolicy, SkipIfRunning
-from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats
+from kernel.time.scheduler import Schedule, Scheduler, ScheduleStats, anchor_every
 from kernel.time.triggers import Trigger
 
 __all__ = ["ScheduleFeeder"]
 
 log = logging.getLogger("kernel.queue")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _never() -> None:  # pragma: no cover - a queued schedule emits, never calls
@@ -70,16 +73,19 @@ class ScheduleFeeder:
         registry: TaskRegistry,
         workers: Workers,
         events: JobEvents,
+        metrics: Metrics | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._store = store
         self._registry = registry
         self._workers = workers
         self._events = events
+        self._metrics = metrics
         self._schedules: dict[str, _QueuedSchedule] = {}
         self._fired: deque[JobRecord] = deque()
         self._restoring: list[_QueuedSchedule] = []
         self._feed = trio.Event()
+        self._stopped = False
 
     def add(
         self,
@@ -110,6 +116,9 @@ class ScheduleFeeder:
             )
         now = self._scheduler.clock.now()
         dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
+        # every process computes the same slots, whenever it started: an
+        # interval schedule without an anchor counts from the Unix epoch
+        trigger = anchor_every(trigger, _EPOCH)
         entry = _QueuedSchedule(
             trigger,
             JobRecord(  # every field checked now, not at the first fire
@@ -141,6 +150,8 @@ class ScheduleFeeder:
     def _emit(self, entry: _QueuedSchedule, slots: list[datetime]) -> None:
         """The scheduler's hand-off, on its driver task: no I/O here, the
         feeder stores the jobs."""
+        if self._stopped:
+            return  # stopping: not stored, so a restart meets them as missed
         now = self._scheduler.clock.now()
         template = entry.template
         for index, slot in enumerate(slots):
@@ -163,6 +174,7 @@ class ScheduleFeeder:
         order; while the store fails, keep them and retry with backoff
         (storing a slot twice is harmless: the store claims it once)."""
         backoff = Backoff()
+        self._stopped = False
         while True:
             await self._feed.wait()
             self._feed = trio.Event()
@@ -193,6 +205,17 @@ class ScheduleFeeder:
                 stats = self.stats_of(job)
                 if stats is not None:
                     stats.skipped += 1
+                log.info(
+                    "schedule %r: slot %s skipped: its previous run (job %s) is still %s",
+                    job.schedule,
+                    job.fire_time.isoformat() if job.fire_time else "?",
+                    stored.id,
+                    stored.state.value,
+                )
+                if self._metrics is not None:
+                    self._metrics.counter(
+                        "schedule_slots_skipped", schedule=job.schedule or "?"
+                    ).inc()
         for name, fire_time in last.items():
             entry = self._schedules.get(name)
             next_fire = (
@@ -226,6 +249,14 @@ class ScheduleFeeder:
                 schedule.restart_from(utc_datetime(datetime.fromisoformat(last)), entry.trigger)
             else:
                 self._fired.extend(held)  # a first start: its grid is the grid
+
+    def stop(self) -> None:
+        """Store no more slots (a stop): what fires from now on is met as
+        missed after a restart, per each schedule's misfire policy."""
+        self._stopped = True
+        self._fired.clear()
+        for entry in self._schedules.values():
+            entry.held.clear()
 
     def stats_of(self, job: JobRecord) -> ScheduleStats | None:
         """The stats of the local schedule that enqueued ``job``, if any."""

@@ -26,6 +26,7 @@ import trio
 
 from kernel.errors import InvalidJob
 from kernel.jobs._checks import utc_datetime, validate_name
+from kernel.jobs.attempt import UNKNOWN_TASK_GRACE
 from kernel.jobs.events import JobEvents
 from kernel.jobs.feeder import ScheduleFeeder
 from kernel.jobs.rate import RateLimit
@@ -58,7 +59,9 @@ class JobQueue:
     ``heartbeat`` how often the leases of running jobs are renewed (keep it
     well under ``lease``); ``reap_every`` how often expired leases (of
     crashed workers, ours included) are put back in the queue. ``rng`` makes
-    retry jitter reproducible.
+    retry jitter reproducible. A job whose task no worker here knows waits
+    (put back, its attempt not spent) and is buried only once the task has
+    stayed unknown for ``unknown_task_grace``.
     """
 
     def __init__(
@@ -73,10 +76,12 @@ class JobQueue:
         heartbeat: timedelta = timedelta(seconds=10),
         reap_every: timedelta = timedelta(seconds=15),
         rng: random.Random | None = None,
+        unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
     ) -> None:
         for field, value in (("lease", lease), ("heartbeat", heartbeat)):
             positive_seconds(field, value)
         positive_seconds("reap_every", reap_every)
+        positive_seconds("unknown_task_grace", unknown_task_grace)
         if heartbeat >= lease:
             raise InvalidJob("heartbeat", heartbeat, f"must be shorter than the lease ({lease})")
         self.store = store
@@ -102,8 +107,11 @@ class JobQueue:
             reap_every=reap_every,
             rng=self.rng,
             stats_of=self._stats_of,
+            unknown_task_grace=unknown_task_grace,
         )
-        self._feeder = ScheduleFeeder(scheduler, store, self._registry, self._workers, self._events)
+        self._feeder = ScheduleFeeder(
+            scheduler, store, self._registry, self._workers, self._events, metrics
+        )
         self._running = False
 
     @property
@@ -122,10 +130,14 @@ class JobQueue:
         timeout: float | timedelta | None = None,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
+        blocking: bool = False,
     ) -> TaskSpec:
         """Register ``func`` (async or sync, called with the job's JSON
         args/kwargs) as task ``name``. A sync function runs on the trio
-        thread: make it quick, or make it async and use ``trio.to_thread``."""
+        thread unless ``blocking=True``: then it runs in a worker thread,
+        which a timeout or a cancellation abandons (recorded as such). Code
+        that blocks the event loop stops every other job and delays its
+        lease renewals; the kernel's watchdog names it in the log."""
         spec = self._registry.register(
             name,
             func,
@@ -134,6 +146,7 @@ class JobQueue:
             timeout=timeout,
             breaker=breaker,
             rate_limit=rate_limit,
+            blocking=blocking,
         )
         self._workers.ensure(queue)  # this worker serves the queues of the tasks it knows
         return spec
@@ -152,6 +165,7 @@ class JobQueue:
         timeout: float | timedelta | None = None,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
+        blocking: bool = False,
     ) -> Callable[[F], F]:
         """Decorator form of `register`; the name defaults to the function's
         ``module.qualname``. The function is returned unchanged, and may be
@@ -166,6 +180,7 @@ class JobQueue:
                 timeout=timeout,
                 breaker=breaker,
                 rate_limit=rate_limit,
+                blocking=blocking,
             )
             return func
 
@@ -184,11 +199,20 @@ class JobQueue:
         concurrency: int = 1,
         rate_limit: RateLimit | None = None,
         aging: timedelta | None = timedelta(seconds=60),
+        prefetch: int | None = None,
     ) -> QueueConfig:
-        """Set how ``queue_name`` is worked (also while running). A queue that
+        """Set how ``queue_name`` is worked (also while running): at most
+        ``concurrency`` jobs at once, ``prefetch`` more claimed ahead (None:
+        a quarter of ``concurrency``; 0 for strict priority order, or long
+        jobs shared by several machines: `QueueConfig`), starts within
+        ``rate_limit``, priorities aged by one every ``aging``. A queue that
         is enqueued to without being configured gets the defaults."""
         return self._workers.configure(
-            queue_name, concurrency=concurrency, rate_limit=rate_limit, aging=aging
+            queue_name,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            aging=aging,
+            prefetch=prefetch,
         )
 
     def pause(self, queue_name: str) -> None:
@@ -216,9 +240,30 @@ class JobQueue:
         await self._workers.stop_queue(queue_name)
 
     def describe(self) -> list[dict[str, JSON]]:
-        """Each queue this worker serves: concurrency, running jobs, paused
-        (for ``kernel status``)."""
+        """Each queue this worker serves: concurrency, prefetch, running and
+        buffered jobs, paused (for ``kernel status``)."""
         return self._workers.describe()
+
+    def describe_unknown_tasks(self) -> dict[str, dict[str, object]]:
+        """Tasks whose jobs wait because no task of that name is registered
+        here, since when, and when they will be buried (``kernel status``)."""
+        return self._workers.runner.describe_unknown()
+
+    def in_flight(self) -> list[JobRecord]:
+        """The jobs running here now."""
+        return self._workers.in_flight()
+
+    def stop_intake(self) -> None:
+        """The first step of a graceful stop: no schedule slot is stored any
+        more, no job is claimed, prefetched jobs go back; running jobs go on."""
+        self._feeder.stop()
+        self._workers.stop_intake()
+
+    async def drain(self, grace: float) -> bool:
+        """The second step: wait up to ``grace`` seconds for the running
+        jobs (the log says which), then interrupt what is left, giving the
+        attempts back. True if all finished in time."""
+        return await self._workers.drain(grace)
 
     # -- schedules -----------------------------------------------------------
 
@@ -324,7 +369,8 @@ class JobQueue:
         stored, created = await self.store.enqueue(record)
         if created:
             self._workers.wake(stored.queue)
-            await self._events.publish("job.enqueued", stored)
+            if self._events.wants("job.enqueued"):
+                await self._events.publish("job.enqueued", stored)
         return stored
 
     async def cancel(self, job_id: str) -> JobRecord | None:

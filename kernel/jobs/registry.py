@@ -9,6 +9,7 @@ fields that differ (`kernel.jobs.record.derive_record`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,9 @@ class TaskSpec:
     timeout: float | None = None
     breaker: CircuitBreaker | None = None
     rate_limit: RateLimit | None = None
+    blocking: bool = False
+    """Run a sync function in a worker thread (abandoned on timeout or
+    cancellation) instead of on the event loop."""
 
 
 @attrs.define(eq=False)
@@ -80,6 +84,7 @@ class TaskRegistry:
         timeout: float | timedelta | None = None,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
+        blocking: bool = False,
     ) -> TaskSpec:
         """`JobQueue.register`: everything is checked before anything changes."""
         validate_name("task", name)
@@ -94,6 +99,10 @@ class TaskRegistry:
             raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be a bool, got {blocking!r}")
+        if blocking and inspect.iscoroutinefunction(func):
+            raise TypeError(f"blocking=True is for sync functions; {name!r} is async")
         spec = TaskSpec(
             name,
             func,
@@ -102,6 +111,7 @@ class TaskRegistry:
             timeout=positive_seconds("timeout", timeout),
             breaker=breaker,
             rate_limit=rate_limit,
+            blocking=blocking,
         )
         self._entries[name] = _Entry(
             spec,

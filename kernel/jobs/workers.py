@@ -1,84 +1,95 @@
-"""The workers of a `JobQueue`: claim jobs from the store, run them, record
-how they went.
+"""The workers of a `JobQueue`: a pool per queue, fed by one claimer.
 
-Each queue is served by one loop that claims up to its free capacity and
-starts each job in the queue's nursery; time lives on the scheduler's timer
-wheel, as everywhere in the kernel: each queue keeps at most one wheel timer
-(at the store's ``next_due`` or when its rate limit frees a slot), and one
-wheel-driven loop renews every lease and one reaps expired ones. No task
-here sleeps with ``trio.sleep``.
+Each queue this process serves has ``concurrency`` long-lived worker tasks
+and one claimer task (the shape of Sidekiq's and Oban's producers). The
+claimer talks to the store; the workers only run jobs:
 
-The pure policy lives elsewhere: the claim order in the store
-(`kernel.storage.base.claim_order`), retries in
-`kernel.resilience.retry.RetryPolicy`, breakers in
-`kernel.resilience.breaker.CircuitBreaker`; this module is the plumbing
-that applies them.
+- the claimer claims up to the free capacity plus a prefetch into a local
+  buffer, so a worker that finishes finds its next job waiting instead of
+  waiting for a claim in flight;
+- a worker takes a job from the buffer, runs the attempt
+  (`kernel.jobs.attempt`) and hands a success back to the claimer, which
+  stores every success since the last round together with the next claim in
+  one round trip (`JobStore.complete_and_claim`); failures and retries,
+  rarer and each different, are stored one by one as they happen;
+- time lives on the scheduler's timer wheel, as everywhere in the kernel:
+  each queue keeps at most one wheel timer (at the store's ``next_due`` or
+  when its rate limit frees a slot).
+
+There is no task and no cancel scope per job beyond the attempt's own scope
+(which a timeout or a cancellation needs), and the store is asked once per
+round, not once per job. Leases are kept by `kernel.jobs.leases`.
+
+Stopping takes two steps (`stop_intake`, then `drain`): nothing more is
+claimed and prefetched jobs go back at once; the jobs already running get
+the grace period, and what is still running after it is interrupted with
+its attempt given back.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import math
 import random
-import traceback
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import trio
 
-from kernel.errors import InvalidJob, JobTimedOut, PayloadError, StorageError, UnknownTask
+from kernel.errors import InvalidJob, StorageError
 from kernel.jobs._checks import validate_name
+from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Run, Verdict
 from kernel.jobs.events import JobEvents
+from kernel.jobs.leases import LeaseKeeper, reap_expired
 from kernel.jobs.rate import RateLimit, RateWindow
 from kernel.jobs.record import JobRecord
-from kernel.jobs.registry import TaskRegistry, TaskSpec, positive_seconds
+from kernel.jobs.registry import TaskRegistry, positive_seconds
 from kernel.observe.metrics import Metrics
 from kernel.ports import JSON, EnqueueListener, JobStore
-from kernel.resilience.retry import Backoff, Outcome, RetryPolicy
-from kernel.serialization import load_arguments
+from kernel.resilience.retry import Backoff
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler, ScheduleStats
 from kernel.time.wheel import Timer
 
-__all__ = ["BREAKER_FLOOR", "SLOT_RETENTION", "QueueConfig", "Workers"]
+__all__ = ["QueueConfig", "Workers"]
 
 log = logging.getLogger("kernel.queue")
 
-#: The least a job waits when its task's breaker rejects it: a half-open
-#: breaker whose probes are all taken says ``retry_after == 0``, and waiting
-#: zero would spin.
-BREAKER_FLOOR: Final = timedelta(seconds=1)
+_DRAIN_REPORT_EVERY = 5.0
 
-_DEFAULT_POLICY: Final = RetryPolicy()
 
-#: How long claimed schedule slots are remembered (`JobStore.prune_slots`):
-#: a restarted schedule re-plans from its stored last fire, so older slots
-#: are never asked for again.
-SLOT_RETENTION: Final = timedelta(days=1)
-_PRUNE_EVERY: Final = 3600.0
+def _prefetch(_instance: object, _attribute: object, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InvalidJob("prefetch", value, "must be an int >= 0 (or None: concurrency // 4)")
 
 
 @attrs.frozen
 class QueueConfig:
-    """How one queue is worked: concurrency, rate limit and aging."""
+    """How one queue is worked: concurrency, rate limit, aging and prefetch.
+
+    ``prefetch`` is how many jobs beyond ``concurrency`` are claimed ahead
+    into a local buffer (None: a quarter of ``concurrency``), so a worker
+    that finishes finds its next job ready instead of waiting for a claim in
+    flight. A job claimed ahead runs before any job claimed after it: a
+    higher priority that arrives meanwhile may wait behind at most
+    ``prefetch`` jobs. Set 0 for strict priority order, or for long jobs
+    shared by several machines (no job then waits in one machine's buffer
+    while another is idle).
+    """
 
     name: str
     concurrency: int = 1
     rate_limit: RateLimit | None = None
     aging: timedelta | None = timedelta(seconds=60)
+    prefetch: int | None = attrs.field(default=None, validator=_prefetch)
 
-
-@attrs.define(eq=False)
-class _Running:
-    job: JobRecord
-    scope: trio.CancelScope
-    cancelled_by_user: bool = False
-    release: bool = False  # stopped by `stop_queue`: give the attempt back
-    settling: bool = False  # the call is over; its outcome is being stored
+    @property
+    def ahead(self) -> int:
+        return self.concurrency // 4 if self.prefetch is None else self.prefetch
 
 
 @attrs.define(eq=False)
@@ -86,17 +97,28 @@ class _QueueState:
     config: QueueConfig
     window: RateWindow | None
     paused: bool = False
-    running: dict[str, _Running] = attrs.field(factory=dict)
+    buffer: deque[JobRecord] = attrs.field(factory=deque)  # claimed, not started
+    running: dict[str, Run] = attrs.field(factory=dict)  # started, outcome not stored
+    completed: list[JobRecord] = attrs.field(factory=list)  # succeeded, to store next round
+    to_release: list[JobRecord] = attrs.field(factory=list)  # prefetched, to give back
     wake: trio.Event = attrs.field(factory=trio.Event)
+    ready: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     timer: Timer[Callable[[], None]] | None = None
     timer_at: float = math.inf
     due_hint: datetime | None = None
     serving: bool = False
-    idle: trio.Event | None = None  # made while `stop_queue` waits
+    nursery: trio.Nursery | None = None
+    workers: int = 0
+    idle: trio.Event | None = None  # made while someone waits for the queue to go idle
+    gauge: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.buffer or self.completed or self.to_release)
 
 
 class Workers:
-    """The queues this process serves and the loops that serve them; made
+    """The queues this process serves and the tasks that serve them; made
     and driven by `JobQueue` (see the module docstring)."""
 
     def __init__(
@@ -113,52 +135,44 @@ class Workers:
         reap_every: timedelta,
         rng: random.Random,
         stats_of: Callable[[JobRecord], ScheduleStats | None],
+        unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
         self.worker = worker
         self.lease = lease
-        self.heartbeat = heartbeat
         self.reap_every = reap_every
-        self.rng = rng
-        self._registry = registry
         self._events = events
-        self._stats_of = stats_of
+        self.leases = LeaseKeeper(
+            store,
+            scheduler,
+            worker=worker,
+            lease=lease,
+            heartbeat=heartbeat,
+            lost=self._leases_lost,
+        )
+        self.runner = JobRunner(
+            store,
+            scheduler,
+            registry,
+            events,
+            self.leases,
+            worker=worker,
+            metrics=metrics,
+            rng=rng,
+            stats_of=stats_of,
+            unknown_task_grace=unknown_task_grace,
+        )
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
+        self._intake = True
 
     @property
     def clock(self) -> Clock:
         return self.scheduler.clock
 
-    async def start(self, nursery: trio.Nursery) -> None:
-        """Serve every queue, renew leases and reap expired ones in
-        ``nursery``; returns once listening for other processes' jobs (when
-        the store offers it)."""
-        self._nursery = nursery
-        for state in self._queues.values():
-            self._start_serving(state)
-        nursery.start_soon(self._renew_leases)
-        nursery.start_soon(self._reap_expired)
-        if isinstance(self.store, EnqueueListener):
-            await nursery.start(self._listen, self.store)
-
-    def stopped(self) -> None:
-        """The nursery of `start` is closed: nothing serves any more."""
-        self._nursery = None
-        for state in self._queues.values():
-            state.serving = False
-            self._disarm(state)
-
-    def cancel_running(self, job_id: str) -> None:
-        """Cancel the run of ``job_id`` here, if it runs here (its outcome is
-        the store's: cancelled)."""
-        for state in self._queues.values():
-            running = state.running.get(job_id)
-            if running is not None:
-                running.cancelled_by_user = True
-                running.scope.cancel()
+    # -- queues ------------------------------------------------------------------
 
     def configure(
         self,
@@ -167,9 +181,9 @@ class Workers:
         concurrency: int = 1,
         rate_limit: RateLimit | None = None,
         aging: timedelta | None = timedelta(seconds=60),
+        prefetch: int | None = None,
     ) -> QueueConfig:
-        """Set how ``queue_name`` is worked (also while running). A queue that
-        is enqueued to without being configured gets the defaults."""
+        """`JobQueue.configure`: checked first, then applied (also while running)."""
         validate_name("queue", queue_name)
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise InvalidJob("concurrency", concurrency, "must be an int >= 1")
@@ -177,20 +191,24 @@ class Workers:
             raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
         if aging is not None:
             positive_seconds("aging", aging)
-        config = QueueConfig(queue_name, concurrency, rate_limit, aging)
+        config = QueueConfig(queue_name, concurrency, rate_limit, aging, prefetch)
         state = self._queues.get(queue_name)
         window = None if rate_limit is None else RateWindow(rate_limit)
         if state is None:
             state = self._queues[queue_name] = _QueueState(config, window)
+            if self.metrics is not None:
+                state.gauge = self.metrics.gauge("jobs_running", queue=queue_name)
         else:
             if state.config.rate_limit != rate_limit:
                 state.window = window
             state.config = config
         self._start_serving(state)
+        self._spawn_workers(state)
         self.wake(queue_name)
         return config
 
     def ensure(self, name: str) -> _QueueState:
+        """The state of queue ``name``, configured with the defaults if new."""
         state = self._queues.get(name)
         if state is None:
             self.configure(name)
@@ -198,62 +216,401 @@ class Workers:
         return state
 
     def pause(self, queue_name: str) -> None:
-        """Claim nothing more from ``queue_name``; running jobs go on."""
-        self.ensure(queue_name).paused = True
+        """Claim nothing more; prefetched jobs go back; running jobs go on."""
+        state = self.ensure(queue_name)
+        state.paused = True
+        self._give_back_buffer(state)
 
     def resume(self, queue_name: str) -> None:
         self.ensure(queue_name).paused = False
         self.wake(queue_name)
 
     def running(self, queue_name: str) -> int:
-        """How many jobs of ``queue_name`` this worker runs now."""
         state = self._queues.get(queue_name)
         return 0 if state is None else len(state.running)
 
     def interrupt(self, queue_name: str) -> None:
-        """Pause ``queue_name`` and cancel its running jobs, giving their
-        attempts back (a plugin being stopped)."""
+        """Pause and cancel the running jobs, giving their attempts back."""
         state = self.ensure(queue_name)
-        state.paused = True
+        self.pause(queue_name)
         for run in state.running.values():
-            run.release = True
-            run.scope.cancel()
+            run.cancel(release=True)
 
     async def wait_idle(self, queue_name: str) -> None:
-        """Until no job of ``queue_name`` runs here."""
+        """Until no job of ``queue_name`` runs, waits or is being stored here."""
         state = self._queues.get(queue_name)
-        if state is not None and state.running:
+        while state is not None and state.busy:
             if state.idle is None:
                 state.idle = trio.Event()
             await state.idle.wait()
 
+    async def stop_queue(self, queue_name: str) -> None:
+        self.interrupt(queue_name)
+        await self.wait_idle(queue_name)
+
     def describe(self) -> list[dict[str, JSON]]:
-        """Each queue this worker serves: concurrency, running jobs, paused
-        (for ``kernel status``)."""
         return [
             {
                 "name": name,
                 "concurrency": state.config.concurrency,
+                "prefetch": state.config.ahead,
                 "running": len(state.running),
+                "buffered": len(state.buffer),
                 "paused": state.paused,
             }
             for name, state in sorted(self._queues.items())
         ]
 
-    async def stop_queue(self, queue_name: str) -> None:
-        """`interrupt`, then wait until the interrupted jobs are put back."""
-        self.interrupt(queue_name)
-        await self.wait_idle(queue_name)
+    def in_flight(self) -> list[JobRecord]:
+        """The jobs running here now, across queues."""
+        return [run.job for state in self._queues.values() for run in state.running.values()]
+
+    def wake(self, queue_name: str) -> None:
+        state = self._queues.get(queue_name)
+        if state is not None:
+            state.wake.set()
+
+    def wake_all(self) -> None:
+        for state in self._queues.values():
+            state.wake.set()
+
+    def cancel_running(self, job_id: str) -> None:
+        """Stop the run of ``job_id`` if it runs here (its outcome is the
+        store's: cancelled), or drop it from the buffer."""
+        for state in self._queues.values():
+            running = state.running.get(job_id)
+            if running is not None:
+                running.cancel(release=False)
+            if any(job.id == job_id for job in state.buffer):
+                state.buffer = deque(job for job in state.buffer if job.id != job_id)
+                self.leases.drop(job_id)
+                self._check_idle(state)
+
+    # -- stopping ------------------------------------------------------------------
+
+    def stop_intake(self) -> None:
+        """Claim nothing more on any queue, give prefetched jobs back; the
+        running ones go on (`drain` waits for them)."""
+        self._intake = False
+        for state in self._queues.values():
+            self._give_back_buffer(state)
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for the running jobs, saying what is
+        waited for; then interrupt what is left (attempts given back). True
+        if every job finished in time."""
+        with trio.move_on_after(grace) as waiting:
+            while True:
+                busy = [state for state in self._queues.values() if state.busy]
+                if not busy:
+                    return True
+                running = Counter(job.task for job in self.in_flight())
+                if running:
+                    what = ", ".join(
+                        f"{task} x{count}" if count > 1 else task
+                        for task, count in running.most_common()
+                    )
+                    log.info("stopping: waiting for %d job(s): %s", running.total(), what)
+                with trio.move_on_after(_DRAIN_REPORT_EVERY):
+                    await self.wait_idle(busy[0].config.name)
+        if waiting.cancelled_caught:
+            left = self.in_flight()
+            if left:
+                log.warning(
+                    "stopping: %d job(s) still running after %g s; interrupting them"
+                    " (their attempts are given back): %s",
+                    len(left),
+                    grace,
+                    ", ".join(sorted({job.task for job in left})),
+                )
+            for name in self._queues:
+                self.interrupt(name)
+            with trio.move_on_after(max(grace, 1.0)):
+                for name in list(self._queues):
+                    await self.wait_idle(name)
+        return False
+
+    # -- running -----------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Serve every queue, keep leases and reap expired ones in
+        ``nursery``; returns once listening for other processes' jobs (when
+        the store offers it)."""
+        self._nursery = nursery
+        self._intake = True
+        for state in self._queues.values():
+            self._start_serving(state)
+        nursery.start_soon(self.leases.run)
+        nursery.start_soon(
+            functools.partial(
+                reap_expired, self.store, self.scheduler, every=self.reap_every, woke=self.wake_all
+            )
+        )
+        if isinstance(self.store, EnqueueListener):
+            await nursery.start(self._listen, self.store)
+
+    def stopped(self) -> None:
+        """The nursery of `start` is closed: nothing serves any more."""
+        self._nursery = None
+        for state in self._queues.values():
+            state.serving = False
+            state.workers = 0
+            self._disarm(state)
 
     def _start_serving(self, state: _QueueState) -> None:
         if self._nursery is not None and not state.serving:
             state.serving = True
             self._nursery.start_soon(self._serve, state, name=f"queue {state.config.name}")
 
-    def wake(self, queue_name: str) -> None:
-        state = self._queues.get(queue_name)
-        if state is not None:
-            state.wake.set()
+    def _spawn_workers(self, state: _QueueState) -> None:
+        if state.nursery is None:
+            return
+        while state.workers < state.config.concurrency:
+            state.nursery.start_soon(
+                self._work, state, state.workers, name=f"queue {state.config.name} worker"
+            )
+            state.workers += 1
+
+    async def _serve(self, state: _QueueState) -> None:
+        """The claimer of one queue, and its workers' nursery."""
+        backoff = Backoff()
+        try:
+            async with trio.open_nursery() as nursery:
+                state.nursery = nursery
+                self._spawn_workers(state)
+                while True:
+                    state.wake = trio.Event()
+                    try:
+                        await self._round(state)
+                        backoff.reset()
+                    except StorageError as exc:
+                        wait = backoff.next()
+                        log.warning(
+                            "queue %s: the store failed (%s); retrying in %.1f s",
+                            state.config.name,
+                            exc,
+                            wait,
+                        )
+                        self._arm(state, trio.current_time() + wait, None)
+                    await state.wake.wait()
+        finally:
+            state.nursery = None
+            with trio.CancelScope(shield=True):
+                await self._settle(state)
+
+    def _capacity(self, state: _QueueState) -> int:
+        if state.paused or not self._intake:
+            return 0
+        config = state.config
+        capacity = config.concurrency + config.ahead - len(state.buffer) - len(state.running)
+        if capacity > 0 and state.window is not None:
+            mono = trio.current_time()
+            allowed = state.window.available(mono)
+            if allowed <= 0:
+                self._arm(state, state.window.next_free(mono), None)
+                return 0
+            capacity = min(capacity, allowed)
+        return max(capacity, 0)
+
+    async def _round(self, state: _QueueState) -> None:
+        """Store the successes since the last round and claim up to the free
+        capacity, in one round trip each time, until the capacity is full or
+        nothing more is due; then put the queue's one timer at its next due
+        job."""
+        config = state.config
+        asked = 0
+        claimed: list[JobRecord] = []
+        while True:
+            if state.to_release:
+                await self._give_back(state)
+            capacity = self._capacity(state)
+            completed, state.completed = state.completed, []
+            if not completed and capacity <= 0:
+                self._check_idle(state)
+                break
+            now = self.clock.now()
+            hint, state.due_hint = state.due_hint, None
+            if hint is not None and hint > now:
+                now = hint  # the wheel fired for it: trust the wheel over float rounding
+            try:
+                done, claimed = await self.store.complete_and_claim(
+                    config.name,
+                    worker=self.worker,
+                    now=now,
+                    completed=[job.id for job in completed],
+                    lease=self.lease,
+                    limit=capacity,
+                    aging=config.aging,
+                )
+            except StorageError:
+                self._keep_completions(state, completed)
+                raise
+            await self._completions_stored(completed, done)
+            asked = capacity
+            if claimed:
+                self.leases.hold([job.id for job in claimed])
+                if state.paused or not self._intake:
+                    state.to_release += claimed  # paused while the claim was in flight
+                    continue
+                window = state.window
+                if window is not None:
+                    mono = trio.current_time()
+                    for _ in claimed:
+                        window.acquire(mono)
+                state.buffer.extend(claimed)
+                state.ready.unpark(count=len(claimed))
+            self._check_idle(state)
+            if len(claimed) < capacity or capacity <= 0:
+                break
+        if asked > 0 and len(claimed) < asked:
+            await self._arm_next_due(state)
+
+    async def _arm_next_due(self, state: _QueueState) -> None:
+        due = await self.store.next_due(state.config.name)
+        if due is not None:
+            deadline = Clock.tick_deadline(self.clock.wall_to_tick(due))
+            if deadline <= trio.current_time():
+                # came due while we were claiming (a store in a thread takes time)
+                state.due_hint = due
+                state.wake.set()
+            else:
+                self._arm(state, deadline, due)
+
+    async def _work(self, state: _QueueState, index: int) -> None:
+        """One worker: run jobs from the buffer until there are fewer
+        workers wanted than ``index + 1``."""
+        runner = self.runner
+        try:
+            while True:
+                while not state.buffer:
+                    if index >= state.config.concurrency:
+                        return
+                    await state.ready.park()
+                if index >= state.config.concurrency:
+                    state.ready.unpark()  # hand the job on to a worker that stays
+                    return
+                job = state.buffer.popleft()
+                run = Run(job)
+                state.running[job.id] = run
+                if state.gauge is not None:
+                    state.gauge.set(len(state.running))
+                try:
+                    verdict = await runner.attempt(run)
+                except BaseException:
+                    if not run.lost:
+                        # shutdown: the attempt was interrupted, not failed
+                        await runner.release(job, timedelta(0))
+                    raise
+                finally:
+                    del state.running[job.id]
+                    if state.gauge is not None:
+                        state.gauge.set(len(state.running))
+                if verdict is Verdict.SUCCEEDED:
+                    state.completed.append(job)
+                elif verdict is Verdict.DROPPED:
+                    self.leases.drop(job.id)
+                state.wake.set()
+                self._check_idle(state)
+                await trio.lowlevel.checkpoint()  # let others run between jobs
+        finally:
+            state.workers -= 1
+
+    # -- outcomes ---------------------------------------------------------------
+
+    async def _completions_stored(self, completed: list[JobRecord], done: set[str]) -> None:
+        for job in completed:
+            self.leases.drop(job.id)
+            if job.id not in done:
+                self.runner.outcome_refused(job, "success")
+        if completed and self._events.wants("job.succeeded"):
+            for job in completed:
+                if job.id in done:
+                    await self._events.publish("job.succeeded", job)
+
+    def _keep_completions(self, state: _QueueState, completed: list[JobRecord]) -> None:
+        """The store failed: try the successes again next round, those whose
+        lease is not over (the others will run again elsewhere)."""
+        kept = []
+        for job in completed:
+            if self.leases.lease_left(job.id) > 0:
+                kept.append(job)
+            else:
+                self.leases.drop(job.id)
+                log.error(
+                    "job %s (%s): could not store its success before our lease ended;"
+                    " it will run again",
+                    job.id,
+                    job.task,
+                )
+        state.completed = kept + state.completed
+
+    def _give_back_buffer(self, state: _QueueState) -> None:
+        if state.buffer:
+            state.to_release += state.buffer
+            state.buffer.clear()
+        state.wake.set()
+
+    async def _give_back(self, state: _QueueState) -> None:
+        """Release the prefetched jobs of a paused or stopping queue, their
+        attempts given back."""
+        jobs, state.to_release = state.to_release, []
+        with trio.CancelScope(shield=True):
+            for job in jobs:
+                await self.runner.release(job, timedelta(0))
+
+    async def _settle(self, state: _QueueState) -> None:
+        """The queue stops serving: store its last successes and give its
+        prefetched jobs back (shielded by the caller)."""
+        self._give_back_buffer(state)
+        await self._give_back(state)
+        completed, state.completed = state.completed, []
+        if completed:
+            try:
+                done, _ = await self.store.complete_and_claim(
+                    state.config.name,
+                    worker=self.worker,
+                    now=self.clock.now(),
+                    completed=[job.id for job in completed],
+                    lease=self.lease,
+                )
+            except StorageError as exc:
+                log.error(
+                    "queue %s: could not store %d success(es) at stop (%s); they will run again",
+                    state.config.name,
+                    len(completed),
+                    exc,
+                )
+                for job in completed:
+                    self.leases.drop(job.id)
+            else:
+                await self._completions_stored(completed, done)
+        self._check_idle(state)
+
+    def _leases_lost(self, job_ids: set[str]) -> None:
+        """The store says we no longer hold these (reaped after our lease
+        ran out, or cancelled elsewhere): stop them, store nothing for them."""
+        for state in self._queues.values():
+            for job_id in job_ids & state.running.keys():
+                run = state.running[job_id]
+                if not run.settling:
+                    log.warning("job %s (%s): lease lost, cancelling its run", job_id, run.job.task)
+                    run.cancel(release=False)
+            if state.buffer and any(job.id in job_ids for job in state.buffer):
+                state.buffer = deque(job for job in state.buffer if job.id not in job_ids)
+            if state.completed and any(job.id in job_ids for job in state.completed):
+                state.completed = [job for job in state.completed if job.id not in job_ids]
+            self._check_idle(state)
+        for job_id in job_ids:
+            self.leases.drop(job_id)
+        if self.metrics is not None:
+            self.metrics.counter("job_leases_lost").inc(len(job_ids))
+
+    def _check_idle(self, state: _QueueState) -> None:
+        if state.idle is not None and not state.busy:
+            state.idle.set()
+            state.idle = None
+
+    # -- timers and wake-ups ------------------------------------------------------------
 
     def _disarm(self, state: _QueueState) -> None:
         if state.timer is not None:
@@ -285,7 +642,7 @@ class Workers:
     ) -> None:
         """Wake our queues when another process enqueues into them. Each time
         listening (re)starts every queue claims once, for what was enqueued
-        before; `run` reports started once the first attempt is over."""
+        before; `start` returns once the first attempt is over."""
         backoff = Backoff()
         reported = False
         while True:
@@ -307,297 +664,3 @@ class Workers:
                     wait,
                 )
                 await self.scheduler.sleep(wait)
-
-    def wake_all(self) -> None:
-        for state in self._queues.values():
-            state.wake.set()
-
-    async def _serve(self, state: _QueueState) -> None:
-        backoff = Backoff()
-        async with trio.open_nursery() as jobs:
-            while True:
-                state.wake = trio.Event()
-                try:
-                    await self._claim_and_start(state, jobs)
-                    backoff.reset()
-                except StorageError as exc:
-                    wait = backoff.next()
-                    log.warning(
-                        "queue %s: claiming failed (%s); retrying in %.1f s",
-                        state.config.name,
-                        exc,
-                        wait,
-                    )
-                    self._arm(state, trio.current_time() + wait, None)
-                await state.wake.wait()
-
-    async def _claim_and_start(self, state: _QueueState, jobs: trio.Nursery) -> None:
-        """Claim in batches up to the free capacity until it is full or
-        nothing more is due (a burst drains at full speed), then put the
-        queue's one timer at its next due job."""
-        while True:
-            config = state.config
-            if state.paused:
-                return
-            capacity = config.concurrency - len(state.running)
-            if capacity <= 0:
-                return
-            mono = trio.current_time()
-            if state.window is not None:
-                allowed = state.window.available(mono)
-                if allowed <= 0:
-                    self._arm(state, state.window.next_free(mono), None)
-                    return
-                capacity = min(capacity, allowed)
-            now = self.clock.now()
-            hint, state.due_hint = state.due_hint, None
-            if hint is not None and hint > now:
-                now = hint  # the wheel fired for it: trust the wheel over float rounding
-            claimed = await self.store.claim(
-                config.name,
-                worker=self.worker,
-                now=now,
-                lease=self.lease,
-                limit=capacity,
-                aging=config.aging,
-            )
-            if state.paused:  # paused while the claim was in flight: put them back
-                for job in claimed:
-                    await self.store.release(job.id, worker=self.worker, run_at=job.run_at)
-                return
-            for job in claimed:
-                if state.window is not None:
-                    state.window.acquire(mono)
-                scope = trio.CancelScope()
-                state.running[job.id] = _Running(job, scope)
-                jobs.start_soon(self._run_job, state, job, scope, name=f"job {job.task} {job.id}")
-            self._set_gauge(state)
-            if len(claimed) < capacity:
-                break  # nothing more is due now
-        due = await self.store.next_due(config.name)
-        if due is not None:
-            deadline = Clock.tick_deadline(self.clock.wall_to_tick(due))
-            if deadline <= trio.current_time():
-                # came due while we were claiming (a store in a thread takes time)
-                state.due_hint = due
-                state.wake.set()
-            else:
-                self._arm(state, deadline, due)
-
-    def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
-        if job.retry is not None:
-            return RetryPolicy.from_json(job.retry)
-        if spec is not None and spec.retry is not None:
-            return spec.retry
-        return _DEFAULT_POLICY
-
-    async def _run_job(self, state: _QueueState, job: JobRecord, scope: trio.CancelScope) -> None:
-        try:
-            await self._attempt(state, job, scope)
-        except Exception:
-            # the store failed to record the outcome: the lease runs out and
-            # the job is reaped, so log and keep the queue running
-            log.exception("job %s: could not record its outcome", job.id)
-        except BaseException:
-            # shutdown: the attempt was interrupted, not failed
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
-                except StorageError:
-                    log.warning("job %s: could not release it; its lease will run out", job.id)
-            raise
-        finally:
-            state.running.pop(job.id, None)
-            self._set_gauge(state)
-            state.wake.set()
-            if not state.running and state.idle is not None:
-                state.idle.set()
-                state.idle = None
-
-    async def _attempt(self, state: _QueueState, job: JobRecord, scope: trio.CancelScope) -> None:
-        spec = self._registry.get(job.task)
-        if spec is None:
-            unknown = UnknownTask(job.task, self._registry.names())
-            await self._bury(job, str(unknown), unknown)
-            return
-        try:
-            args, kwargs = load_arguments(spec.func, job.args, job.kwargs)
-        except PayloadError as unfit:
-            await self._bury(job, str(unfit), None)  # no attempt can make it fit
-            return
-        policy = self._policy(job, spec)
-        if job.attempts > policy.max_attempts:
-            # put back by reap_expired after its last attempt: nothing is left
-            reason = f"max attempts ({policy.max_attempts}) reached: {job.last_error}"
-            await self._bury(job, reason, None)
-            return
-        breaker = spec.breaker
-        if breaker is not None and not breaker.allow():
-            wait = max(timedelta(seconds=breaker.retry_after()), BREAKER_FLOOR)
-            await self.store.release(job.id, worker=self.worker, run_at=self.clock.now() + wait)
-            return
-        window = self._registry.window(spec.name)
-        if window is not None and not window.acquire(trio.current_time()):
-            now = self.clock.now()
-            wait_s = window.next_free(trio.current_time()) - trio.current_time()
-            await self.store.release(
-                job.id, worker=self.worker, run_at=now + timedelta(seconds=wait_s)
-            )
-            if breaker is not None:
-                breaker.release()
-            return
-        timeout = job.timeout if job.timeout is not None else spec.timeout
-        if job.fire_time is not None and self.metrics is not None:
-            late = (self.clock.now() - job.fire_time).total_seconds()
-            self.metrics.histogram("schedule_lateness_seconds", task=job.task).observe(late)
-        await self._events.publish("job.started", job)
-        stats = self._stats_of(job)
-        if stats is not None:
-            stats.started += 1
-        started = trio.current_time()
-        error: BaseException | None = None
-        try:
-            with scope:
-                if timeout is None:
-                    await _call(spec.func, args, kwargs)
-                else:
-                    with trio.move_on_after(timeout) as deadline:
-                        await _call(spec.func, args, kwargs)
-                    if deadline.cancelled_caught:
-                        raise JobTimedOut(job.id, job.task, timeout)
-        except Exception as exc:
-            error = exc
-        except BaseException:
-            if breaker is not None:
-                breaker.release()
-            raise
-        finally:
-            run = state.running.get(job.id)
-            if run is not None:
-                run.settling = True
-        if stats is not None:
-            if scope.cancelled_caught:
-                stats.cancelled += 1
-            elif error is None:
-                stats.succeeded += 1
-            else:
-                stats.failed += 1
-        elapsed = trio.current_time() - started
-        if self.metrics is not None:
-            self.metrics.histogram("job_run_seconds", task=job.task).observe(elapsed)
-        if scope.cancelled_caught:
-            if breaker is not None:
-                breaker.release()
-            run = state.running.get(job.id)
-            if run is not None and run.release:  # stop_queue: not the job's fault
-                await self.store.release(job.id, worker=self.worker, run_at=self.clock.now())
-            # else queue.cancel, or a lost lease: the store already says so
-            return
-        if error is None:
-            if breaker is not None:
-                breaker.record_success()
-            if await self.store.complete(job.id, worker=self.worker, now=self.clock.now()):
-                await self._events.publish("job.succeeded", job)
-            return
-        if breaker is not None:
-            verdict = breaker.is_failure(error)
-            if verdict is None:
-                breaker.release()
-            elif verdict:
-                breaker.record_failure()
-            else:
-                breaker.record_success()
-        await self._failed(state, job, policy, error)
-
-    async def _failed(
-        self, state: _QueueState, job: JobRecord, policy: RetryPolicy, error: BaseException
-    ) -> None:
-        if self.metrics is not None:
-            self.metrics.counter("job_failures", task=job.task).inc()
-        decision = policy.decide(job.attempts, error)
-        now = self.clock.now()
-        if decision.outcome is Outcome.RETRY:
-            run_at = now + policy.delay(job.attempts, self.rng)
-            text = f"{decision.reason}\n{_format(error)}"
-            if await self.store.retry_later(job.id, worker=self.worker, error=text, run_at=run_at):
-                if self.metrics is not None:
-                    self.metrics.counter("job_retries", task=job.task).inc()
-                await self._events.publish("job.retrying", job, error=str(error), run_at=run_at)
-        elif decision.outcome is Outcome.GIVE_UP:
-            await self._bury(job, decision.reason, error)
-        else:  # pragma: no cover - only BaseExceptions are not failures, handled above
-            await self.store.release(job.id, worker=self.worker, run_at=now)
-
-    async def _bury(self, job: JobRecord, reason: str, error: BaseException | None) -> None:
-        text = reason if error is None else f"{reason}\n{_format(error)}"
-        if await self.store.bury(job.id, worker=self.worker, error=text, now=self.clock.now()):
-            if self.metrics is not None:
-                self.metrics.counter("job_dead", task=job.task).inc()
-            await self._events.publish(
-                "job.dead", job, error=reason if error is None else str(error)
-            )
-
-    def _set_gauge(self, state: _QueueState) -> None:
-        if self.metrics is not None:
-            self.metrics.gauge("jobs_running", queue=state.config.name).set(len(state.running))
-
-    async def _renew_leases(self) -> None:
-        """One loop renews every running job's lease; a job the store says we
-        no longer hold (reaped, or cancelled by another process) is cancelled."""
-        every = self.heartbeat.total_seconds()
-        while True:
-            await self.scheduler.sleep(every)
-            running = {
-                job_id: run
-                for state in self._queues.values()
-                for job_id, run in state.running.items()
-            }
-            if not running:
-                continue
-            try:
-                held = await self.store.heartbeat(
-                    list(running), worker=self.worker, lease_until=self.clock.now() + self.lease
-                )
-            except StorageError as exc:
-                # the next beat may still be in time; if not, the jobs are reaped
-                log.warning("renewing %d lease(s) failed: %s", len(running), exc)
-                continue
-            for job_id, run in running.items():
-                if (
-                    job_id not in held
-                    and not run.settling
-                    and any(state.running.get(job_id) is run for state in self._queues.values())
-                ):
-                    log.warning("job %s: lease lost, cancelling its run", job_id)
-                    run.cancelled_by_user = True
-                    run.scope.cancel()
-
-    async def _reap_expired(self) -> None:
-        """Put back the jobs of workers that stopped renewing their leases;
-        the next claim buries those with no attempt left."""
-        every = self.reap_every.total_seconds()
-        pruned_at = trio.current_time()
-        while True:
-            await self.scheduler.sleep(every)
-            try:
-                reaped = await self.store.reap_expired(self.clock.now())
-                if trio.current_time() - pruned_at >= _PRUNE_EVERY:
-                    pruned_at = trio.current_time()
-                    await self.store.prune_slots(older_than=self.clock.now() - SLOT_RETENTION)
-            except StorageError as exc:
-                log.warning("reaping expired leases failed: %s", exc)
-                continue
-            if reaped:
-                log.warning("reaped %d job(s) with expired leases", len(reaped))
-                self.wake_all()
-
-
-async def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Run ``func`` on the job's arguments, awaiting it if it is async."""
-    result = func(*args, **kwargs)
-    if inspect.isawaitable(result):
-        await result
-
-
-def _format(error: BaseException) -> str:
-    return "".join(traceback.format_exception(error))

@@ -11,6 +11,14 @@ Marc Brooker's "Exponential Backoff And Jitter" (AWS Architecture Blog,
 of clients best) and *equal* (half fixed, half random). stamina and tenacity
 are the Python prior art for the knobs.
 
+A policy stored with a job names its exception classes by their dotted
+names, and reading it back never imports anything (a shared store must not
+make a worker execute what it reads): a name whose class this process has
+already loaded is matched as that class, any other is kept as text and
+matched against the names in a raised error's class hierarchy. A class
+renamed in a deploy is then simply not matched, and the job's error is
+judged not retryable, with a reason that says so.
+
 Cancellation never spends an attempt. An exception that is not an
 `Exception` (``trio.Cancelled``, `KeyboardInterrupt`, `SystemExit`,
 `GeneratorExit`) means the attempt was interrupted, not that it failed, so
@@ -21,9 +29,10 @@ again later. This module does not import trio to know that.
 from __future__ import annotations
 
 import enum
-import importlib
+import inspect
 import math
 import random
+import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
@@ -32,10 +41,22 @@ import attrs
 
 from kernel.errors import InvalidRetryPolicy
 
-__all__ = ["Backoff", "Decision", "Jitter", "Outcome", "RetryPolicy"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Backoff",
+    "Decision",
+    "Jitter",
+    "Outcome",
+    "RetryPolicy",
+    "retry_after_of",
+]
 
 _ONE_SECOND: Final = timedelta(seconds=1)
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+MAX_RETRY_AFTER: Final = timedelta(days=1)
+"""The longest wait a ``retry_after`` can impose: a service asking for more
+is taken to be wrong (or hostile), not obeyed for a week."""
 
 
 class Jitter(enum.Enum):
@@ -132,7 +153,12 @@ def _to_jitter(value: object) -> Jitter:
         raise _fail("jitter", value, f"must be one of {choices}") from None
 
 
-def _to_exception_types(value: object) -> tuple[type[BaseException], ...]:
+ExceptionMatch = type[BaseException] | str
+"""An exception class, or the dotted name of one (read back from a stored
+policy whose class this process has not loaded)."""
+
+
+def _to_exception_types(value: object) -> tuple[ExceptionMatch, ...]:
     # A single class is a one-class tuple, as `except` and `isinstance` accept.
     if isinstance(value, type):
         return (value,)
@@ -143,13 +169,15 @@ def _to_exception_types(value: object) -> tuple[type[BaseException], ...]:
 
 def _check_exception_types(
     _instance: object,
-    attribute: attrs.Attribute[tuple[type[BaseException], ...]],
+    attribute: attrs.Attribute[tuple[ExceptionMatch, ...]],
     value: object,
 ) -> None:
     if not isinstance(value, tuple):
         raise _fail(attribute.name, value, "must be a tuple of exception classes")
     for item in value:
-        if not (isinstance(item, type) and issubclass(item, BaseException)):
+        if isinstance(item, str):
+            _check_dotted(attribute.name, item)
+        elif not (isinstance(item, type) and issubclass(item, BaseException)):
             raise _fail(attribute.name, item, "is not an exception class")
 
 
@@ -166,7 +194,13 @@ class RetryPolicy:
     An error is retried when it is an instance of ``retry_on`` and not of
     ``give_up_on`` (which wins). An exception group is judged by its leaf
     exceptions: retried only if every leaf is retryable, given up on if any
-    leaf is in ``give_up_on``.
+    leaf is in ``give_up_on``. Either may also hold dotted class names
+    (what `from_json` keeps for classes this process has not loaded),
+    matched against the names of an error's classes.
+
+    An error with a ``retry_after`` attribute (seconds, or a `timedelta`:
+    a service's ``Retry-After``) waits at least that long, whatever
+    ``max_delay`` says.
     """
 
     max_attempts: int = attrs.field(default=5, validator=_check_max_attempts)
@@ -174,10 +208,10 @@ class RetryPolicy:
     factor: float = attrs.field(default=2.0, validator=_check_factor)
     max_delay: timedelta = attrs.field(default=timedelta(minutes=5), validator=_check_max_delay)
     jitter: Jitter = attrs.field(default=Jitter.FULL, converter=_to_jitter)
-    retry_on: tuple[type[BaseException], ...] = attrs.field(
+    retry_on: tuple[ExceptionMatch, ...] = attrs.field(
         default=(Exception,), converter=_to_exception_types, validator=_check_exception_types
     )
-    give_up_on: tuple[type[BaseException], ...] = attrs.field(
+    give_up_on: tuple[ExceptionMatch, ...] = attrs.field(
         default=(), converter=_to_exception_types, validator=_check_exception_types
     )
 
@@ -198,12 +232,17 @@ class RetryPolicy:
         base_us = max_us if raw >= max_us else round(raw)
         return timedelta(microseconds=base_us)
 
-    def delay(self, attempt: int, rng: random.Random) -> timedelta:
+    def delay(
+        self, attempt: int, rng: random.Random, error: BaseException | None = None
+    ) -> timedelta:
         """How long to wait after failure number ``attempt`` (1 = the first try
         failed) before the next attempt, jittered with ``rng``.
 
-        Microsecond resolution; never negative, never above ``max_delay``.
-        A seeded ``rng`` gives the same delays every time.
+        Microsecond resolution; never negative, never above ``max_delay``,
+        except that an ``error`` carrying a ``retry_after`` (what a service's
+        HTTP ``Retry-After`` asked for, see `retry_after_of`) sets a floor:
+        asking again sooner would only be refused again. A seeded ``rng``
+        gives the same delays every time.
         """
         base_us = self.base_delay(attempt) // _ONE_MICROSECOND
         if self.jitter is Jitter.NONE:
@@ -213,6 +252,9 @@ class RetryPolicy:
         else:
             half_us = (base_us + 1) // 2  # rounded up: never below base/2
             delay_us = half_us + rng.randint(0, base_us - half_us)
+        floor = None if error is None else retry_after_of(error)
+        if floor is not None:
+            delay_us = max(delay_us, floor // _ONE_MICROSECOND)
         return timedelta(microseconds=delay_us)
 
     # -- the decision ----------------------------------------------------------------
@@ -237,7 +279,13 @@ class RetryPolicy:
             )
         unexpected = _first_leaf_not_matching(error, self.retry_on)
         if unexpected is not None:
-            return Decision(Outcome.GIVE_UP, f"not retryable: {type(unexpected).__name__}")
+            unloaded = [item for item in self.retry_on if isinstance(item, str)]
+            note = (
+                f" (retry_on names classes this process does not have: {', '.join(unloaded)})"
+                if unloaded
+                else ""
+            )
+            return Decision(Outcome.GIVE_UP, f"not retryable: {type(unexpected).__name__}{note}")
         if attempt >= self.max_attempts:
             return Decision(Outcome.GIVE_UP, f"max attempts ({self.max_attempts}) reached")
         return Decision(
@@ -251,9 +299,9 @@ class RetryPolicy:
         """The policy as plain JSON, to be stored with a durable job.
 
         Durations are seconds (what config files also accept), exception
-        classes are dotted names that `from_json` imports back. A class that
-        cannot be found again by its name (defined inside a function, made
-        with ``type()``) is refused now rather than when the job is loaded.
+        classes are dotted names. A class that cannot be found again by its
+        name (defined inside a function, made with ``type()``) is refused now
+        rather than when the job is read back.
         """
         return {
             "max_attempts": self.max_attempts,
@@ -269,8 +317,9 @@ class RetryPolicy:
     def from_json(cls, data: Mapping[str, Any]) -> RetryPolicy:
         """The policy `to_json` wrote. Keys left out take their defaults (so a
         policy stored by an older version still loads); an unknown key, a
-        value of the wrong type or an exception name that does not resolve
-        raises `InvalidRetryPolicy`."""
+        value of the wrong type or a malformed class name raises
+        `InvalidRetryPolicy`. Nothing is imported: a class name is matched to
+        a class only if this process has loaded it, else kept as a name."""
         if not isinstance(data, Mapping):
             raise _fail("(policy)", data, "must be a JSON object")
         unknown = sorted(set(data) - _JSON_KEYS)
@@ -291,11 +340,39 @@ class RetryPolicy:
                 names = data[key]
                 if not isinstance(names, list):
                     raise _fail(key, names, "must be a list of dotted class names")
-                kwargs[key] = tuple(_exception_from_name(key, name) for name in names)
+                kwargs[key] = tuple(_loaded_class(key, name) or name for name in names)
         return cls(**kwargs)
 
 
 _JSON_KEYS: Final = frozenset(attrs.fields_dict(RetryPolicy))
+
+
+def retry_after_of(error: BaseException) -> timedelta | None:
+    """How long ``error`` says to wait before trying again, or None.
+
+    Read from an attribute ``retry_after`` (seconds as a number, or a
+    `timedelta`) on the error or, for an exception group, the longest of its
+    leaves': what an adapter sets from a service's ``Retry-After`` (RFC 9110
+    section 10.2.3), as `kernel.errors.NotificationFailed` does. A value that
+    is not a finite, non-negative duration is ignored; one above
+    `MAX_RETRY_AFTER` is cut to it.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        found = [retry_after_of(leaf) for leaf in error.exceptions]
+        waits = [wait for wait in found if wait is not None]
+        return max(waits) if waits else None
+    value = getattr(error, "retry_after", None)
+    if isinstance(value, timedelta):
+        seconds: object = value.total_seconds()
+    else:
+        seconds = value
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    if seconds >= MAX_RETRY_AFTER.total_seconds():
+        return MAX_RETRY_AFTER
+    return timedelta(microseconds=round(seconds * 1_000_000))
 
 
 def _check_attempt(attempt: int) -> None:
@@ -303,10 +380,26 @@ def _check_attempt(attempt: int) -> None:
         raise ValueError(f"attempt must be an integer >= 1 (1 = the first try), got {attempt!r}")
 
 
+def _matches(error: BaseException, items: tuple[ExceptionMatch, ...]) -> bool:
+    """Whether ``error`` is an instance of one of ``items``, classes by
+    ``isinstance`` and names against its class hierarchy."""
+    for item in items:
+        if isinstance(item, str):
+            if any(_name_of(cls) == item for cls in type(error).__mro__):
+                return True
+        elif isinstance(error, item):
+            return True
+    return False
+
+
+def _name_of(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _first_matching_leaf(
-    error: BaseException, types: tuple[type[BaseException], ...]
+    error: BaseException, types: tuple[ExceptionMatch, ...]
 ) -> BaseException | None:
-    if isinstance(error, types):
+    if _matches(error, types):
         return error
     if isinstance(error, BaseExceptionGroup):
         for leaf in error.exceptions:
@@ -317,9 +410,9 @@ def _first_matching_leaf(
 
 
 def _first_leaf_not_matching(
-    error: BaseException, types: tuple[type[BaseException], ...]
+    error: BaseException, types: tuple[ExceptionMatch, ...]
 ) -> BaseException | None:
-    if isinstance(error, types):
+    if _matches(error, types):
         return None
     if isinstance(error, BaseExceptionGroup):
         for leaf in error.exceptions:
@@ -341,43 +434,50 @@ def _seconds_from_json(key: str, value: object) -> timedelta:
         raise _fail(key, value, "is too long for a datetime.timedelta") from None
 
 
-def _dotted_name(field: str, cls: type[BaseException]) -> str:
-    name = f"{cls.__module__}.{cls.__qualname__}"
+def _dotted_name(field: str, item: ExceptionMatch) -> str:
+    if isinstance(item, str):
+        return item
+    name = _name_of(item)
     try:
-        found = _exception_from_name(field, name)
-    except InvalidRetryPolicy:
+        found = _loaded_class(field, name)
+    except InvalidRetryPolicy:  # "<locals>" in the name
         found = None
-    if found is not cls:
-        raise _fail(field, cls, f"cannot be stored: {name!r} does not import back to this class")
+    if found is not item:
+        raise _fail(field, item, f"cannot be stored: {name!r} does not name this class")
     return name
 
 
-def _exception_from_name(field: str, name: object) -> type[BaseException]:
-    """The class a dotted name such as ``"builtins.ValueError"`` or
-    ``"package.module.Outer.Error"`` names: the longest importable module
-    prefix, then attributes."""
+def _check_dotted(field: str, name: object) -> str:
     if not isinstance(name, str) or not name:
         raise _fail(field, name, "must be a dotted class name such as 'builtins.ValueError'")
     parts = name.split(".")
     if len(parts) < 2 or not all(part.isidentifier() for part in parts):
         raise _fail(field, name, "must be a dotted class name such as 'builtins.ValueError'")
+    return name
+
+
+def _loaded_class(field: str, name: object) -> type[BaseException] | None:
+    """The exception class ``name`` (``"builtins.ValueError"``,
+    ``"package.module.Outer.Error"``) names, if its module is already loaded:
+    the longest loaded module prefix, then attributes read statically (no
+    import, no module ``__getattr__``, no descriptor runs). None otherwise."""
+    parts = _check_dotted(field, name).split(".")
     for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            found: object = importlib.import_module(module_name)
-        except ImportError:
+        module = sys.modules.get(".".join(parts[:split]))
+        if module is None:
             continue
+        found: object = module
         try:
             for attribute in parts[split:]:
-                found = getattr(found, attribute)
+                found = inspect.getattr_static(found, attribute)
         except AttributeError:
-            raise _fail(
-                field, name, f"module {module_name!r} has no {'.'.join(parts[split:])!r}"
-            ) from None
-        if not (isinstance(found, type) and issubclass(found, BaseException)):
+            return None
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
+        if isinstance(found, type):
             raise _fail(field, name, "is not an exception class")
-        return found
-    raise _fail(field, name, f"no module {parts[0]!r} can be imported")
+        return None
+    return None
 
 
 class Backoff:

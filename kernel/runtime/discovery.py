@@ -8,8 +8,12 @@ SQLAlchemy dialects)::
     sqlite = "kernel_sqlite:open_storage"
 
 and ``await open_storage("sqlite:///state.db")`` calls that factory with the
-whole URL. A factory may be a coroutine function (when opening does I/O, so
-a wrong password fails at start-up, not at first use) or a plain function.
+whole URL. A scheme ``family+variant`` that no entry point claims goes to
+the one named ``family``, with the whole URL (SQLAlchemy's
+``dialect+driver``): the Apprise adapter, registered as ``apprise``, opens
+``apprise+slack://...`` and every other ``apprise+<service>`` URL. A
+factory may be a coroutine function (when opening does I/O, so a wrong
+password fails at start-up, not at first use) or a plain function.
 
 The built-in adapters (``memory://`` storage, ``local://`` bus, ``log://``
 notifier) are registered here in code, so they work with nothing installed.
@@ -152,11 +156,10 @@ class AdapterRegistry:
         return self._resolve(scheme, url)[0]
 
     def _resolve(self, scheme: str, url: str) -> tuple[Callable[[str], object], str]:
-        claims = _unique(
-            entry_point
-            for entry_point in self.find_entry_points(self.group)
-            if entry_point.name.lower() == scheme
-        )
+        claims = self._claims(scheme)
+        family = scheme.partition("+")[0]
+        if not claims and family != scheme and scheme not in self.builtins:
+            claims = self._claims(family)  # apprise+slack: the apprise adapter
         if scheme in self.builtins:
             if claims:
                 raise EntryPointConflict(
@@ -188,6 +191,13 @@ class AdapterRegistry:
                 self.port, scheme, source, f"names a {type(factory).__name__}, not a callable"
             )
         return cast(Callable[[str], object], factory), source
+
+    def _claims(self, name: str) -> list[importlib.metadata.EntryPoint]:
+        return _unique(
+            entry_point
+            for entry_point in self.find_entry_points(self.group)
+            if entry_point.name.lower() == name
+        )
 
     async def open(self, url: str) -> object:
         """Call the factory for ``url``'s scheme with ``url`` (awaiting it if

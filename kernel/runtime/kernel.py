@@ -17,9 +17,9 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -28,11 +28,16 @@ import trio
 
 from kernel.config.structure import key_path, structure_config
 from kernel.errors import PluginDependencyError, PluginStateError
+from kernel.jobs.attempt import UNKNOWN_TASK_GRACE
 from kernel.jobs.queue import JobQueue
+from kernel.notifier.context import notification_context
+from kernel.notifier.fanout import FanoutNotifier, open_fanout_notifier
+from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthTransition
 from kernel.observe.metrics import Metrics
+from kernel.observe.watchdog import LoopWatchdog
 from kernel.ports import Bus, JobStore, Level, Notifier, Storage
-from kernel.runtime.discovery import open_bus, open_notifier, open_storage
+from kernel.runtime.discovery import open_bus, open_storage
 from kernel.runtime.plugins import Manifest, Plugin
 from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
 from kernel.storage.memory import MemoryJobStore
@@ -121,10 +126,17 @@ class Kernel:
     """The root of a trio-kernel; see the module docstring.
 
     ``storage``, ``bus`` and ``notifier`` are adapter objects or URLs
-    (``memory://``, ``local://``, ``log://`` by default). The job queue keeps
+    (``memory://``, ``local://``, ``log://`` by default); ``notifier`` may
+    also be a list of URLs and `NotifyRoute` s, each notification then going
+    to every notifier that covers it (`kernel.notifier.fanout`: remote ones
+    through the job queue, with noise control). The job queue keeps
     its jobs in ``jobs`` if given, else in the storage when it can (SQLite,
     PostgreSQL), else in memory. ``clock`` is for
-    tests (`Clock.starting_at` under ``MockClock``).
+    tests (`Clock.starting_at` under ``MockClock``). ``loop_stall`` is how
+    long the event loop may be blocked before the watchdog warns and the
+    ``loop`` health check turns degraded (None: no watchdog);
+    ``unknown_task_grace`` how long a task may stay unknown before its jobs
+    are buried (`JobQueue`).
     """
 
     def __init__(
@@ -133,12 +145,14 @@ class Kernel:
         *,
         storage: Storage | str = "memory://",
         bus: Bus | str = "local://",
-        notifier: Notifier | str = "log://",
+        notifier: Notifier | str | NotifyRoute | Sequence[str | NotifyRoute] = "log://",
         jobs: JobStore | None = None,
         clock: Clock | None = None,
         shutdown_grace: float = 10.0,
         enable_timeout: float = 30.0,
         health_interval: float = 30.0,
+        loop_stall: float | None = 1.0,
+        unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
     ) -> None:
         self.specs = [p if isinstance(p, PluginSpec) else PluginSpec(p) for p in plugins]
         self.metrics = Metrics()
@@ -150,6 +164,14 @@ class Kernel:
         self._shutdown_grace = shutdown_grace
         self._enable_timeout = enable_timeout
         self._health_interval = health_interval
+        self._unknown_task_grace = unknown_task_grace
+        self.watchdog = (
+            None
+            if loop_stall is None
+            else LoopWatchdog(
+                threshold=loop_stall, describe=self._jobs_running, metrics=self.metrics
+            )
+        )
         self._supervisors: dict[str, PluginSupervisor] = {}
         self._order: list[str] = []
         self._stack: AsyncExitStack | None = None
@@ -216,8 +238,19 @@ class Kernel:
             nursery = await stack.enter_async_context(trio.open_nursery())
             scheduler = Scheduler(self._clock)
             await nursery.start(scheduler.run)
-            queue = JobQueue(jobs, scheduler, bus=bus, metrics=self.metrics)
+            queue = JobQueue(
+                jobs,
+                scheduler,
+                bus=bus,
+                metrics=self.metrics,
+                unknown_task_grace=self._unknown_task_grace,
+            )
             await nursery.start(queue.run)
+            if self.watchdog is not None:
+                await nursery.start(self.watchdog.run)
+                self.health.register("loop", self.watchdog.check)
+            if isinstance(notifier, FanoutNotifier):  # opened from URLs: the outbox, digests
+                await nursery.start(notifier.run, queue, self.health)
             services = KernelServices(
                 scheduler=scheduler,
                 storage=storage,
@@ -264,9 +297,29 @@ class Kernel:
         nursery.cancel_scope.cancel()
         return await stack.__aexit__(exc_type, exc, tb)
 
+    def _jobs_running(self) -> list[str]:
+        """What runs on the loop now, for the watchdog (read from its thread)."""
+        services = self._services
+        if services is None or services.queue is None:
+            return []
+        return [f"{job.task} (job {job.id})" for job in services.queue.in_flight()]
+
     async def shutdown(self) -> None:
-        """Stop the plugins in reverse start order, each within its grace
-        (their stored state stays as it was, so a restart enables them again)."""
+        """Stop gracefully. First nothing new starts, anywhere: schedules
+        stop firing, their slots are no longer stored, no queue claims a job
+        and prefetched jobs go back; the jobs already running get the grace
+        period (the log says which it waits for) and are interrupted past
+        it, their attempts given back. Then the plugins stop in reverse start
+        order, each within its grace (their stored state stays as it was, so
+        a restart enables them again)."""
+        services = self._services
+        if services is not None:
+            for schedule in services.scheduler.schedules:
+                schedule.pause()
+            if services.queue is not None:
+                services.queue.stop_intake()
+                if not await services.queue.drain(self._shutdown_grace):
+                    self.exit_code = max(self.exit_code, ExitCode.FORCED)
         for name in reversed(list(self._supervisors)):
             supervisor = self._supervisors[name]
             await supervisor.stop(remember=False)
@@ -289,8 +342,8 @@ class Kernel:
         if isinstance(bus, str):
             bus = await open_bus(bus)
             stack.push_async_callback(bus.aclose)
-        if isinstance(notifier, str):
-            notifier = await open_notifier(notifier)
+        if not isinstance(notifier, Notifier):  # URLs and routes
+            notifier = await open_fanout_notifier(notifier)
             stack.push_async_callback(notifier.aclose)
         return storage, bus, notifier
 
@@ -372,8 +425,10 @@ class Kernel:
         level = Level.info if transition.is_recovery else Level.warning
         reasons = "; ".join(transition.report.reasons) or transition.new.value
         title = f"{transition.name} is {transition.new.value}"
+        plugin = transition.name if transition.name in self._supervisors else None
         if self._services is not None:
-            await self._services.notifier.notify(title, reasons, level)
+            with notification_context("health", plugin=plugin):
+                await self._services.notifier.notify(title, reasons, level)
 
     # -- runtime control ----------------------------------------------------------
 
@@ -433,6 +488,9 @@ class Kernel:
                 for schedule in schedules
             ],
             "queues": services.queue.describe() if services and services.queue else [],
+            "unknown_tasks": (
+                services.queue.describe_unknown_tasks() if services and services.queue else {}
+            ),
             "health": self.health.current().to_dict(),
             "metrics": self.metrics.snapshot(),
         }

@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from kernel.errors import PermissionDenied
+from kernel.notifier.context import notification_context
 from kernel.observe.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
 from kernel.resilience.retry import RetryPolicy
@@ -232,7 +233,9 @@ class PluginContext:
         self._tasks: list[str] = []
         if queue is not None:
             queue.configure(name, concurrency=_DEFAULT_CONCURRENCY)
-            queue.resume(name)  # paused when the previous start stopped
+            # paused until `on_enable` has returned (`start_intake`): a job of
+            # a task the plugin registers there must not be claimed before
+            queue.pause(name)
 
     def require(self, permission: Permission) -> None:
         """Raise `PermissionDenied` unless the manifest grants ``permission``."""
@@ -378,13 +381,18 @@ class PluginContext:
 
     async def notify(self, title: str, message: str, level: Level = Level.info) -> None:
         self.require(Permission.NOTIFICATIONS)
-        with self._timed("notifier", "notify"):
+        with self._timed("notifier", "notify"), notification_context("plugin", plugin=self.name):
             await self._notifier.notify(f"[{self.name}] {title}", message, level)
 
     # -- for the supervisor (at a stop) -----------------------------------------
 
     def _timed(self, port: str, operation: str) -> Any:
         return self.metrics.histogram("adapter_call_seconds", port=port, operation=operation).time()
+
+    def start_intake(self) -> None:
+        """``on_enable`` returned: the plugin's queue is claimed from."""
+        if self._queue is not None:
+            self._queue.resume(self.name)
 
     def stop_intake(self) -> None:
         """No new runs, jobs or messages; runs in progress go on."""

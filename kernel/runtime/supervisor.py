@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from kernel.jobs.queue import JobQueue
+from kernel.notifier.context import notification_context
 from kernel.observe.health import HealthMonitor, HealthReport, Status
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
@@ -133,6 +134,8 @@ class PluginSupervisor:
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self._reported = False
+        self._running = False  # `run` has begun: a stop must wait for it
+        self._last_crash: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise until stopped or failed. ``task_status.started()`` is
@@ -140,6 +143,7 @@ class PluginSupervisor:
         services = self._services
         budget = RestartBudget(self.manifest.intensity)
         restarts = services.metrics.counter("plugin_restarts", plugin=self.name)
+        self._running = True
 
         def report() -> None:
             if not self._reported:
@@ -161,6 +165,8 @@ class PluginSupervisor:
                 if outcome is _Outcome.STOPPED:
                     break
                 crashed = error is not None
+                if error is not None:
+                    self._log_crash(error)
                 what = f"crashed: {type(error).__name__}: {error}" if error else "exited"
                 if not should_restart(self.manifest.restart, crashed=crashed):
                     final = PluginState.FAILED if crashed else PluginState.DISABLED
@@ -193,6 +199,10 @@ class PluginSupervisor:
         self._remember_stop = remember
         self._stop_requested = True
         self._wake.set()
+        if not self._running:
+            # never started (disabled by config or by an operator, or a
+            # dependency failed): nothing runs, nothing to wait for
+            self._stopped.set()
         await self._stopped.wait()
 
     @property
@@ -222,6 +232,7 @@ class PluginSupervisor:
         except trio.TooSlowError:
             raise TimeoutError(f"on_enable took longer than {services.enable_timeout:g}s") from None
         await self._set_state(PluginState.ENABLED, "enabled")
+        ctx.start_intake()  # its jobs are claimed only now that its tasks are registered
         report()
         health = getattr(self.plugin, "health", None)
         if health is not None:
@@ -258,6 +269,16 @@ class PluginSupervisor:
         if self.forced_stop:
             log.warning("plugin %r did not stop within %gs; cancelling it", self.name, grace)
 
+    def _log_crash(self, error: Exception) -> None:
+        """The traceback of a crash, in full the first time; a crash that
+        repeats the last one (same type and message) in one line."""
+        crash = f"{type(error).__name__}: {error}"
+        if crash == self._last_crash:
+            log.error("plugin %r crashed again: %s (traceback above)", self.name, crash)
+        else:
+            log.error("plugin %r crashed: %s", self.name, crash, exc_info=error)
+        self._last_crash = crash
+
     async def _wait_or_stop(self, delay: float) -> None:
         scheduler = self._services.scheduler
         timer = scheduler.call_later(delay, self._wake.set)
@@ -278,9 +299,10 @@ class PluginSupervisor:
         log.error("plugin %r %s", self.name, message)
         with trio.CancelScope(shield=True):
             try:
-                await self._services.notifier.notify(
-                    f"plugin {self.name} failed", message, Level.error
-                )
+                with notification_context("plugin.failed", plugin=self.name):
+                    await self._services.notifier.notify(
+                        f"plugin {self.name} failed", message, Level.error
+                    )
             except Exception:
                 log.exception("plugin %r: the failure notification failed", self.name)
 

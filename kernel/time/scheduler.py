@@ -42,7 +42,7 @@ from kernel.time.policies import (
 from kernel.time.triggers import AllOf, AnyOf, Every, Trigger
 from kernel.time.wheel import Timer, TimerWheel
 
-__all__ = ["Schedule", "ScheduleStats", "Scheduler", "open_scheduler"]
+__all__ = ["Schedule", "ScheduleStats", "Scheduler", "anchor_every", "open_scheduler"]
 
 log = logging.getLogger("kernel.scheduler")
 
@@ -202,7 +202,7 @@ class Schedule:
         self._unplan()
         now = self._scheduler.clock.now()
         start = min(after, now)
-        self.trigger = _anchor(trigger, start)
+        self.trigger = anchor_every(trigger, start)
         self._plan(after=start)
         if self._fire_at is not None and self._fire_at <= now:
             # hand the missed slots over now, not from the driver later: the
@@ -414,7 +414,7 @@ class Scheduler:
         schedule = Schedule(
             self,
             func,
-            _anchor(trigger, start),
+            anchor_every(trigger, start),
             name=name or getattr(func, "__qualname__", None) or f"schedule-{self._names}",
             misfire=misfire if misfire is not None else _DEFAULT_MISFIRE,
             overlap=overlap if overlap is not None else _DEFAULT_OVERLAP,
@@ -470,15 +470,15 @@ class Scheduler:
                 schedule._replan_after_jump()
 
 
-def _anchor(trigger: Trigger, now: datetime) -> Trigger:
+def anchor_every(trigger: Trigger, now: datetime) -> Trigger:
     """Anchor every unanchored `Every` (also inside combinations) at ``now``."""
     if isinstance(trigger, Every):
         return trigger.anchored(now)
     if isinstance(trigger, AnyOf):
-        return AnyOf(*(_anchor(t, now) for t in trigger.triggers), jitter=trigger.jitter)
+        return AnyOf(*(anchor_every(t, now) for t in trigger.triggers), jitter=trigger.jitter)
     if isinstance(trigger, AllOf):
         return AllOf(
-            *(_anchor(t, now) for t in trigger.triggers),
+            *(anchor_every(t, now) for t in trigger.triggers),
             jitter=trigger.jitter,
             max_rounds=trigger.max_rounds,
         )
