@@ -6,6 +6,7 @@ same queue on `PostgresStorage`, and beside arq and SAQ on the same Redis.
     python bench/redis_queue.py --only throughput     # or: latency
     python bench/redis_queue.py --repeat 3            # median (min-max) of 3 throughput runs
     python bench/redis_queue.py --systems kernel-redis,saq
+    python bench/redis_queue.py --wait-idle 180       # wait (up to 180 s) for load < 1.0
 
 The servers are ``$KERNEL_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``)
 and ``$KERNEL_BENCH_POSTGRES_URL`` (default
@@ -627,6 +628,13 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
+def wait_quiet(limit_s: float) -> None:
+    """Wait up to ``limit_s`` for the 1-minute load average to fall under 1.0."""
+    deadline = time.monotonic() + limit_s
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def attempt(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return measure()
@@ -640,7 +648,8 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
-def part_throughput(systems: list[str], n: int, repeat: int) -> None:
+def part_throughput(systems: list[str], n: int, repeat: int, wait_s: float) -> None:
+    wait_quiet(wait_s)
     each = "" if repeat == 1 else f"; median (min-max) of {repeat} runs, systems alternating"
     print(
         f"\n## 1. throughput: {n:,} pre-enqueued no-op jobs, concurrency {CONCURRENCY} "
@@ -673,7 +682,8 @@ def part_throughput(systems: list[str], n: int, repeat: int) -> None:
             print(f"| {nodes} | {SYSTEMS[system]} | {cell} | {ratio} | {enqueue} |", flush=True)
 
 
-def part_latency(systems: list[str], samples: int) -> None:
+def part_latency(systems: list[str], samples: int, wait_s: float) -> None:
+    wait_quiet(wait_s)
     print(
         f"\n## 2. enqueue-to-start latency while idle: {samples} jobs one at a time, "
         f"{GAP_S[0] * 1e3:.0f}-{GAP_S[1] * 1e3:.0f} ms apart ({load()})\n"
@@ -728,6 +738,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="throughput runs per cell")
     parser.add_argument("--samples", type=int, default=None, help="latency samples per run")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument(
+        "--wait-idle", type=float, default=0.0, help="seconds to wait for load < 1.0 per part"
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role:
@@ -739,9 +752,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench/redis_queue.py: {versions(systems)}")
     try:
         if args.only in (None, "throughput"):
-            part_throughput(systems, n, args.repeat)
+            part_throughput(systems, n, args.repeat, args.wait_idle)
         if args.only in (None, "latency"):
-            part_latency(systems, samples)
+            part_latency(systems, samples, args.wait_idle)
     finally:
         if "kernel-postgres" in systems:
             drop_postgres()
