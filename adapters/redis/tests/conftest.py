@@ -87,3 +87,21 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
 def collect_failed_connections() -> Iterator[None]:
     yield
     gc.collect()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[PrivateServer]:
+    """A private ``redis-server`` speaking only TLS, with a CA of its own."""
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        reason = "no redis-server or openssl binary to run a TLS server"
+        if os.environ.get("KERNEL_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (KERNEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
+        pytest.skip(reason)
+    server = PrivateServer(binary, str(tmp_path), tls=True)
+    server.make_certificates()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

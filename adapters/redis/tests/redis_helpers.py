@@ -99,21 +99,55 @@ class PrivateServer:
     """A ``redis-server`` of one test's own on a free port (keeping nothing on
     disk), to stop and start again: the shared server is never restarted."""
 
-    def __init__(self, binary: str, directory: str) -> None:
+    def __init__(self, binary: str, directory: str, *, tls: bool = False) -> None:
         self.binary = binary
         self.directory = directory
         self.port = free_port()
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str:
+        return os.path.join(self.directory, "ca.pem")
+
+    def make_certificates(self) -> None:
+        """A CA and a server certificate for 127.0.0.1 and localhost (openssl)."""
+        files = {name: os.path.join(self.directory, name) for name in ("ca.key", "server.key")}
+        ext = os.path.join(self.directory, "ext.cnf")
+        with open(ext, "w") as out:
+            out.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        csr = os.path.join(self.directory, "server.csr")
+        for command in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"],
+             "-out", self.ca_file, "-days", "2", "-subj", "/CN=kernel-test-ca"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"],
+             "-out", csr, "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", csr, "-CA", self.ca_file, "-CAkey", files["ca.key"],
+             "-CAcreateserial", "-out", os.path.join(self.directory, "server.pem"),
+             "-days", "2", "-extfile", ext],
+        ):  # fmt: skip
+            subprocess.run(["openssl", *command], check=True, capture_output=True)
 
     def start(self) -> None:
+        if self.tls:
+            listen = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", os.path.join(self.directory, "server.pem"),
+                "--tls-key-file", os.path.join(self.directory, "server.key"),
+                "--tls-ca-cert-file", self.ca_file,
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        else:
+            listen = ["--port", str(self.port)]
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
+                *listen,
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
@@ -126,7 +160,10 @@ class PrivateServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                ping("127.0.0.1", self.port, timeout=1)
+                if self.tls:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                else:
+                    ping("127.0.0.1", self.port, timeout=1)
                 return
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:

@@ -351,6 +351,23 @@ async def test_a_server_restart_is_lived_through(
     assert any("subscribed to 'news.*' again" in line for line in said), said
 
 
+@LEAKS_OF_FAILED_CONNECTIONS
+@pytest.mark.usefixtures("collect_failed_connections")
+async def test_rediss_speaks_tls(tls_server: PrivateServer) -> None:
+    trusted = with_options(tls_server.url, ssl_ca_certs=tls_server.ca_file)
+    async with await open_storage(trusted) as storage, await open_bus(trusted) as bus:
+        await storage.put("ns", "k", "over TLS")
+        assert await storage.get("ns", "k") == "over TLS"
+        async with bus.subscribe("t") as subscription:
+            await bus.publish("t", 1)
+            with trio.fail_after(WAIT):
+                assert (await subscription.receive()).payload == 1
+    # a server whose certificate no trusted CA signed is refused, in one line
+    with trio.fail_after(WAIT), pytest.raises(StorageError) as refused:
+        await open_storage(with_options(tls_server.url, connect_timeout=2))
+    assert str(refused.value).startswith(f"Redis is not reachable at {tls_server.url}")
+
+
 # -- the bus across nodes ----------------------------------------------------------
 
 
