@@ -169,6 +169,9 @@ class RedisConnection:
         ``idempotent`` call (a read, or a write that means the same when done
         twice) is tried once more when the connection was lost under it."""
         self.check_open()
+        if self._done.is_set():  # the client's task ended under us (logged when it did)
+            stopped = f"the client stopped: {self._failure!r}"
+            raise self.error(f"Redis {self.what} {self.where}: {stopped}")
         for attempt in (1, 2):
             try:
                 return await call(self.client)
