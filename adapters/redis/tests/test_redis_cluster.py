@@ -1,0 +1,479 @@
+"""What only a shared server has: several nodes on one prefix, wake-ups
+across nodes, connections killed under a running storage or bus, a server
+that restarts (a private one), and failures that must read as one line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import coredis.exceptions
+import pytest
+import trio
+from redis_helpers import (
+    LEAKS_OF_FAILED_CONNECTIONS,
+    PrivateServer,
+    admin_client,
+    free_port,
+    kill_clients,
+    with_options,
+)
+
+from kernel.errors import BusError, JobConflict, StorageClosed, StorageError
+from kernel.jobs.queue import JobQueue
+from kernel.ports import JSON, EnqueueListener, JobRecord, JobState
+from kernel.testing.jobstore_contract import LEASE, T0, make_job
+from kernel.time.scheduler import open_scheduler
+from kernel_redis import RedisBus, RedisStorage, open_bus, open_storage
+
+WAIT = 10.0
+"""Real seconds to wait for something that must happen (a hang guard)."""
+
+
+@pytest.fixture
+async def node_a(redis_url: str) -> AsyncIterator[RedisStorage]:
+    async with await open_storage(redis_url) as storage:
+        yield storage
+
+
+@pytest.fixture
+async def node_b(redis_url: str) -> AsyncIterator[RedisStorage]:
+    async with await open_storage(redis_url) as storage:
+        yield storage
+
+
+class Wakes:
+    """A ``wake`` callback that remembers which queues were woken."""
+
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, queue: str) -> None:
+        self.queues.append(queue)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, queue: str) -> None:
+        with trio.fail_after(WAIT):
+            while queue not in self.queues:
+                await self._changed.wait()
+
+
+# -- jobs across nodes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aging", [None, timedelta(seconds=60)])
+async def test_two_nodes_never_claim_the_same_job(
+    node_a: RedisStorage, node_b: RedisStorage, aging: timedelta | None
+) -> None:
+    count = 300
+    for index in range(count):
+        await (node_a if index % 2 else node_b).enqueue(
+            make_job(priority=index % 5, at=-timedelta(seconds=index))
+        )
+    taken: dict[str, list[str]] = {}
+
+    async def worker(node: RedisStorage, name: str) -> None:
+        while batch := await node.claim(
+            "default", worker=name, now=T0, lease=LEASE, limit=7, aging=aging
+        ):
+            for job in batch:
+                taken.setdefault(job.id, []).append(name)
+
+    with trio.fail_after(WAIT * 3):
+        async with trio.open_nursery() as nursery:
+            for index in range(6):
+                nursery.start_soon(worker, node_a if index % 2 else node_b, f"w{index}")
+    assert len(taken) == count
+    assert all(len(workers) == 1 for workers in taken.values())
+    assert len(await node_a.list_jobs(state=JobState.running, limit=1000)) == count
+
+
+async def test_a_slot_enqueued_from_two_nodes_is_stored_once(
+    node_a: RedisStorage, node_b: RedisStorage
+) -> None:
+    results: list[bool] = []
+
+    async def fire(node: RedisStorage) -> None:
+        _, stored = await node.enqueue(make_job(schedule="nightly", fire_time=T0))
+        results.append(stored)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(16):
+            nursery.start_soon(fire, node_a if index % 2 else node_b)
+    assert sorted(results) == [False] * 15 + [True]
+    assert len(await node_b.list_jobs()) == 1
+    assert await node_a.claim_slot("nightly", T0) is False
+
+
+async def test_a_reused_id_with_a_held_dedup_key_is_a_conflict(node_a: RedisStorage) -> None:
+    job, _ = await node_a.enqueue(make_job(dedup_key="k"))
+    with pytest.raises(JobConflict):
+        await node_a.enqueue(make_job(id=job.id, dedup_key="k"))
+    with pytest.raises(JobConflict):
+        await node_a.enqueue(make_job(id=job.id, dedup_key="k", schedule="s", fire_time=T0))
+    assert await node_a.claim_slot("s", T0) is True
+
+
+async def test_prefixes_keep_kernels_apart(redis_server: str, prefix: str) -> None:
+    other = f"{prefix}other:"
+    async with (
+        await open_storage(with_options(redis_server, prefix=prefix)) as mine,
+        await open_storage(with_options(redis_server, prefix=other)) as theirs,
+    ):
+        await mine.put("ns", "k", "mine")
+        await theirs.put("ns", "k", "theirs")
+        job, _ = await theirs.enqueue(make_job(queue="q"))
+        assert await mine.get("ns", "k") == "mine"
+        assert await mine.keys("ns") == ["k"]
+        assert await mine.list_jobs() == []
+        assert await mine.next_due() is None
+        assert await mine.claim("q", worker="w", now=T0, lease=LEASE) == []
+        assert [j.id for j in await theirs.list_jobs()] == [job.id]
+
+
+async def test_times_far_from_now_keep_their_order(node_a: RedisStorage) -> None:
+    # the queue order is bytes of sortable times: exact for any datetime
+    dates = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2300, 1, 1, tzinfo=UTC),
+    ]
+    for run_at in reversed(dates):
+        await node_a.enqueue(make_job(run_at=run_at, enqueued_at=run_at))
+    assert await node_a.next_due() == dates[0]
+    claimed = await node_a.claim(
+        "default", worker="w", now=datetime(9999, 1, 1, tzinfo=UTC), lease=LEASE, limit=10
+    )
+    assert [job.run_at for job in claimed] == dates
+
+
+async def test_a_large_purge_goes_in_batches(node_a: RedisStorage) -> None:
+    count = 1_200  # more than one script's batch of 1,000
+    for index in range(count):
+        job, _ = await node_a.enqueue(make_job(queue=f"q{index % 3}"))
+        await node_a.cancel(job.id, now=T0)
+    kept, _ = await node_a.enqueue(make_job())
+    assert await node_a.purge(state=JobState.cancelled) == count
+    assert [job.id for job in await node_a.list_jobs()] == [kept.id]
+    assert await node_a.list_jobs(queue="q1") == []
+
+
+async def test_the_kernel_opens_redis_by_its_url(redis_url: str) -> None:
+    import kernel
+
+    storage = await kernel.open_storage(redis_url)
+    try:
+        assert isinstance(storage, RedisStorage)
+        await storage.put("ns", "k", [1])
+        assert await storage.get("ns", "k") == [1]
+    finally:
+        await storage.aclose()
+    bus = await kernel.open_bus(redis_url)
+    assert isinstance(bus, RedisBus)
+    await bus.aclose()
+
+
+# -- waking idle nodes ---------------------------------------------------------------
+
+
+async def test_a_node_wakes_when_another_enqueues(
+    node_a: RedisStorage, node_b: RedisStorage
+) -> None:
+    wakes = Wakes()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        await node_b.enqueue(make_job(queue="mail"))
+        await wakes.wait_for("mail")
+        # due-time changes wake too; claims and completions do not
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.retry_later(job.id, worker="w", error="x", run_at=T0)
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.release(job.id, worker="w", run_at=T0)
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.reap_expired(T0 + LEASE) == [job.id]
+        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
+        assert await node_b.bury(job.id, worker="w", error="x", now=T0)
+        assert await node_b.retry_dead(job.id, now=T0) is not None
+        await node_b.enqueue(make_job(queue="sentinel"))
+        await wakes.wait_for("sentinel")
+        assert wakes.queues == ["mail"] * 5 + ["sentinel"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_listener_reconnects_and_wakes_every_queue_with_jobs(
+    redis_server: str,
+    client_name: str,
+    node_a: RedisStorage,
+    node_b: RedisStorage,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await node_b.enqueue(make_job(queue="backlog"))
+    wakes = Wakes()
+    caplog.set_level(logging.INFO, logger="kernel_redis")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        assert await kill_clients(redis_server, client_name)
+        # messages published while it was away are lost: it wakes every queue
+        await wakes.wait_for("backlog")
+        with trio.fail_after(WAIT):
+            while "after" not in wakes.queues:
+                await node_b.enqueue(make_job(queue="after"))
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    said = [record.getMessage() for record in caplog.records]
+    assert any("lost the wake-up subscription" in line for line in said), said
+    assert any("listening for jobs again" in line for line in said), said
+
+
+async def test_listening_on_a_closed_storage_is_refused(redis_url: str) -> None:
+    storage = await open_storage(redis_url)
+    async with trio.open_nursery() as nursery:
+        closed = trio.Event()
+
+        async def listen(*, task_status: trio.TaskStatus[None]) -> None:
+            with pytest.raises(StorageClosed):
+                await storage.listen_enqueued(lambda queue: None, task_status=task_status)
+            closed.set()
+
+        await nursery.start(listen)
+        await storage.aclose()
+        with trio.fail_after(WAIT):
+            await closed.wait()
+    with pytest.raises(StorageClosed):
+        await storage.listen_enqueued(lambda queue: None)
+
+
+# -- failures ----------------------------------------------------------------------
+
+
+async def test_storage_survives_its_connections_being_killed(
+    redis_server: str, client_name: str, node_a: RedisStorage
+) -> None:
+    await node_a.put("ns", "k", 1)
+    job, _ = await node_a.enqueue(make_job())
+    assert await kill_clients(redis_server, client_name)
+    await trio.sleep(0.05)  # the pool sees its connections closed
+    assert await node_a.get("ns", "k") == 1
+    assert await kill_clients(redis_server, client_name)
+    await trio.sleep(0.05)
+    (claimed,) = await node_a.claim("default", worker="w", now=T0, lease=LEASE)
+    assert claimed.id == job.id
+    assert await kill_clients(redis_server, client_name)
+    await trio.sleep(0.05)
+    assert await node_a.complete(job.id, worker="w", now=T0) is True
+    assert await node_a.delete("ns", "k") is True
+
+
+async def test_a_redis_failure_is_a_storage_error(
+    redis_server: str, prefix: str, node_a: RedisStorage
+) -> None:
+    async with admin_client(redis_server) as admin:
+        await admin.set(f"{prefix}kv:ns", "not a hash")
+    with pytest.raises(StorageError) as failed:
+        await node_a.get("ns", "k")
+    assert isinstance(failed.value.__cause__, coredis.exceptions.ResponseError)
+    assert "wrong kind of value" in str(failed.value)
+    assert prefix in str(failed.value)
+    await node_a.enqueue(make_job())  # the rest still works
+
+
+@LEAKS_OF_FAILED_CONNECTIONS
+@pytest.mark.usefixtures("collect_failed_connections")
+@pytest.mark.parametrize("opener", [open_storage, open_bus])
+async def test_an_unreachable_server_is_one_line_without_the_password(opener: object) -> None:
+    url = f"redis://app:s3cret@127.0.0.1:{free_port()}/0?connect_timeout=2"
+    error = StorageError if opener is open_storage else BusError
+    with trio.fail_after(WAIT), pytest.raises(error) as failed:
+        await opener(url)  # type: ignore[operator]
+    message = str(failed.value)
+    assert "s3cret" not in message
+    assert "\n" not in message
+    assert message.startswith("Redis is not reachable at redis://app:***@127.0.0.1:")
+
+
+@LEAKS_OF_FAILED_CONNECTIONS
+@pytest.mark.usefixtures("collect_failed_connections")
+async def test_a_server_restart_is_lived_through(
+    private_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storage, wake-ups and a bus subscriber get going again on their own
+    after the server restarts (empty: this one keeps nothing on disk), with
+    log lines and nothing else for the code using them to notice."""
+    caplog.set_level(logging.INFO, logger="kernel_redis")
+    url = private_server.url
+    wakes = Wakes()
+    async with (
+        await open_storage(url) as storage,
+        await open_bus(url) as bus,
+        bus.subscribe("news.*") as subscription,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(storage.listen_enqueued, wakes)
+        await storage.enqueue(make_job(queue="before"))
+        await wakes.wait_for("before")
+        await bus.publish("news.a", 1)
+        with trio.fail_after(WAIT):
+            assert (await subscription.receive()).payload == 1
+        private_server.stop()
+        with pytest.raises(StorageError):
+            await storage.get("ns", "k")
+        private_server.start()
+        # the scripts are gone from the restarted server: they are loaded again
+        with trio.fail_after(WAIT):
+            while True:
+                try:
+                    await storage.enqueue(make_job(queue="after"))
+                    break
+                except StorageError:
+                    await trio.sleep(0.05)
+        await wakes.wait_for("after")
+        received = trio.Event()
+
+        async def publish_until_received() -> None:
+            number = 0
+            while not received.is_set():
+                await bus.publish("news.b", number)
+                number += 1
+                await trio.sleep(0.05)
+
+        with trio.fail_after(WAIT):
+            nursery.start_soon(publish_until_received)
+            message = await subscription.receive()
+            received.set()
+        assert message.topic == "news.b"
+        nursery.cancel_scope.cancel()
+    said = [record.getMessage() for record in caplog.records]
+    assert any("listening for jobs again" in line for line in said), said
+    assert any("subscribed to 'news.*' again" in line for line in said), said
+
+
+@LEAKS_OF_FAILED_CONNECTIONS
+@pytest.mark.usefixtures("collect_failed_connections")
+async def test_rediss_speaks_tls(tls_server: PrivateServer) -> None:
+    trusted = with_options(tls_server.url, ssl_ca_certs=tls_server.ca_file)
+    async with await open_storage(trusted) as storage, await open_bus(trusted) as bus:
+        await storage.put("ns", "k", "over TLS")
+        assert await storage.get("ns", "k") == "over TLS"
+        async with bus.subscribe("t") as subscription:
+            await bus.publish("t", 1)
+            with trio.fail_after(WAIT):
+                assert (await subscription.receive()).payload == 1
+    # a server whose certificate no trusted CA signed is refused, in one line
+    with trio.fail_after(WAIT), pytest.raises(StorageError) as refused:
+        await open_storage(with_options(tls_server.url, connect_timeout=2))
+    assert str(refused.value).startswith(f"Redis is not reachable at {tls_server.url}")
+
+
+# -- the bus across nodes ----------------------------------------------------------
+
+
+async def test_the_bus_carries_messages_between_nodes(redis_url: str) -> None:
+    huge: dict[str, JSON] = {"text": "é☃𝄞" * 30_000, "n": list(range(2000))}
+    async with await open_bus(redis_url) as node_a, await open_bus(redis_url) as node_b:
+        async with node_a.subscribe("jobs.#") as subscription:
+            await node_b.publish("jobs.done", {"id": 1})
+            await node_b.publish("jobs.huge", huge)
+            await node_b.publish("jobsdone", "not under jobs.#: the glob is wider")
+            await node_b.publish("jobs", None)
+            with trio.fail_after(WAIT):
+                got = [await subscription.receive() for _ in range(3)]
+        assert [(m.topic, m.payload) for m in got] == [
+            ("jobs.done", {"id": 1}),
+            ("jobs.huge", huge),
+            ("jobs", None),
+        ]
+
+
+async def test_a_bus_subscriber_reconnects(
+    redis_server: str, client_name: str, redis_url: str
+) -> None:
+    async with await open_bus(redis_url) as bus:
+        async with bus.subscribe("t.*") as subscription:
+            assert await kill_clients(redis_server, client_name)
+            received = trio.Event()
+
+            async def publish_until_received() -> None:
+                number = 0
+                while not received.is_set():
+                    await bus.publish("t.x", number)
+                    number += 1
+                    await trio.sleep(0.05)
+
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(publish_until_received)
+                    message = await subscription.receive()
+                    received.set()
+            assert message.topic == "t.x"
+        # a subscription made after the outage works as any other
+        async with bus.subscribe("t.*") as again:
+            await bus.publish("t.y", "fresh")
+            with trio.fail_after(WAIT):
+                assert (await again.receive()).payload == "fresh"
+
+
+async def test_jobs_wake_on_their_own_channel(redis_url: str, node_a: RedisStorage) -> None:
+    wakes = Wakes()
+    async with await open_bus(redis_url) as bus, trio.open_nursery() as nursery:
+        await nursery.start(node_a.listen_enqueued, wakes)
+        async with bus.subscribe("#") as subscription:
+            await node_a.enqueue(make_job(queue="q"))
+            await wakes.wait_for("q")
+            await bus.publish("b", 1)
+            with trio.fail_after(WAIT):
+                message = await subscription.receive()
+        assert (message.topic, message.payload) == ("b", 1)
+        assert wakes.queues == ["q"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_error_inside_a_subscription_is_not_wrapped(redis_url: str) -> None:
+    async with await open_bus(redis_url) as bus:
+        with pytest.raises(KeyError):
+            async with bus.subscribe("t"):
+                raise KeyError("the caller's own")
+
+
+# -- the kernel's job queue on top ---------------------------------------------------
+
+
+async def test_an_idle_kernel_queue_runs_a_job_another_node_enqueued(redis_url: str) -> None:
+    ran = trio.Event()
+    seen: list[str] = []
+
+    async def hello(name: str) -> None:
+        seen.append(name)
+        ran.set()
+
+    async with (
+        await open_storage(redis_url) as store_a,
+        await open_storage(redis_url) as store_b,
+        open_scheduler() as scheduler,
+        trio.open_nursery() as nursery,
+    ):
+        assert isinstance(store_a, EnqueueListener)
+        queue = JobQueue(store_a, scheduler, worker="node-a")
+        queue.register("hello", hello, queue="mail")
+        await nursery.start(queue.run)
+        await trio.sleep(0.2)  # idle: nothing due, no timer armed
+        now = datetime.now(UTC)
+        job, _ = await store_b.enqueue(
+            JobRecord(task="hello", args=["from b"], queue="mail", run_at=now, enqueued_at=now)
+        )
+        with trio.fail_after(WAIT):
+            await ran.wait()
+        outcome: tuple[JobState, str | None] | None = None
+        for _ in range(500):  # the outcome is stored just after the task returns
+            done = await store_b.get_job(job.id)
+            assert done is not None
+            outcome = (done.state, done.worker)
+            if done.state is JobState.succeeded:
+                break
+            await trio.sleep(0.02)
+        assert seen == ["from b"]
+        assert outcome == (JobState.succeeded, "node-a")
+        nursery.cancel_scope.cancel()
