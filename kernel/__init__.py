@@ -24,6 +24,13 @@ from kernel.jobs.queue import JobQueue
 from kernel.jobs.rate import RateLimit
 from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthReport, HealthTransition, Status
+from kernel.observe.instrument import (
+    AttemptObserver,
+    AttemptOutcome,
+    AttemptResult,
+    Instrumentation,
+    PluginStep,
+)
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage
 from kernel.resilience.breaker import BreakerState, CircuitBreaker
@@ -65,6 +72,9 @@ __all__ = [
     "AnyOf",
     "AsyncioHandle",
     "At",
+    "AttemptObserver",
+    "AttemptOutcome",
+    "AttemptResult",
     "BreakerState",
     "Bus",
     "CancelRunning",
@@ -82,6 +92,7 @@ __all__ = [
     "HealthMonitor",
     "HealthReport",
     "HealthTransition",
+    "Instrumentation",
     "Jitter",
     "JobPage",
     "JobQueue",
@@ -108,6 +119,7 @@ __all__ = [
     "PluginSpec",
     "PluginState",
     "PluginStateError",
+    "PluginStep",
     "QueueOne",
     "RateLimit",
     "Restart",

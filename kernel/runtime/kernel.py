@@ -34,6 +34,7 @@ from kernel.notifier.context import notification_context
 from kernel.notifier.fanout import FanoutNotifier, open_fanout_notifier
 from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthTransition
+from kernel.observe.instrument import Instrumentation, PluginStep, checked_instrumentation
 from kernel.observe.metrics import Metrics
 from kernel.observe.watchdog import LoopWatchdog
 from kernel.ports import Bus, JobStore, Level, Notifier, Storage
@@ -185,6 +186,7 @@ class Kernel:
         self._stop_requested = trio.Event()
         self._specs = {spec.instance_name: spec for spec in self.specs}
         self._configs: dict[str, Any] = {}
+        self._instrumentation: Instrumentation | None = None
         self._validate()
 
     # -- the plugins --------------------------------------------------------------
@@ -229,6 +231,27 @@ class Kernel:
             raise PluginStateError("the kernel is not running: use `async with Kernel(...)`")
         return self._services
 
+    # -- instrumentation ------------------------------------------------------------
+
+    @property
+    def instrumentation(self) -> Instrumentation | None:
+        return self._instrumentation
+
+    def instrument(self, instrumentation: Instrumentation | None) -> None:
+        """Report enqueues, job attempts, schedule fires and plugin
+        lifecycle steps to ``instrumentation`` (`kernel.observe.instrument`;
+        ``trio-kernel-otel`` is one); None stops it. Call it before the
+        kernel starts (a contrib's ``serve`` is entered before), or while it
+        runs: from then on."""
+        instrumentation = checked_instrumentation(instrumentation)
+        self._instrumentation = instrumentation
+        services = self._services
+        if services is not None:
+            services.instrumentation = instrumentation
+            services.scheduler.instrument(instrumentation)
+            if services.queue is not None:
+                services.queue.instrument(instrumentation)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> Kernel:
@@ -241,6 +264,7 @@ class Kernel:
             jobs = await self._job_store(storage, stack)
             nursery = await stack.enter_async_context(trio.open_nursery())
             scheduler = Scheduler(self._clock)
+            scheduler.instrument(self._instrumentation)
             await nursery.start(scheduler.run)
             queue = JobQueue(
                 jobs,
@@ -251,6 +275,7 @@ class Kernel:
                 lease=self._lease[0],
                 heartbeat=self._lease[1],
             )
+            queue.instrument(self._instrumentation)
             await nursery.start(queue.run)
             if self.watchdog is not None:
                 await nursery.start(self.watchdog.run)
@@ -268,6 +293,7 @@ class Kernel:
                 shutdown_grace=self._shutdown_grace,
                 enable_timeout=self._enable_timeout,
                 queue=queue,
+                instrumentation=self._instrumentation,
             )
             self._stack, self._nursery, self._services = stack, nursery, services
             await nursery.start(self.health.run, self._health_interval)
@@ -408,7 +434,8 @@ class Kernel:
             ctx = services.plugin_context(
                 supervisor.name, supervisor.manifest, supervisor.config, nursery
             )
-            await supervisor.plugin.on_install(ctx)
+            with supervisor.step(PluginStep.INSTALL):
+                await supervisor.plugin.on_install(ctx)
             nursery.cancel_scope.cancel()
         await self._record_state(supervisor.name, PluginState.INSTALLED, "installed")
 

@@ -21,6 +21,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ import trio
 from kernel.jobs.queue import JobQueue
 from kernel.notifier.context import notification_context
 from kernel.observe.health import HealthMonitor, HealthReport, Status
+from kernel.observe.instrument import Instrumentation, PluginStep
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
 from kernel.runtime.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
@@ -89,6 +91,7 @@ class KernelServices:
     shutdown_grace: float = 10.0
     enable_timeout: float = 30.0
     queue: JobQueue | None = None
+    instrumentation: Instrumentation | None = None
 
     def plugin_context(
         self, name: str, manifest: Manifest, config: Any, nursery: trio.Nursery
@@ -186,7 +189,8 @@ class PluginSupervisor:
                 self.restarts += 1
                 restarts.inc()
                 log.warning("plugin %r %s; restarting in %.3gs", self.name, what, delay)
-                await self._wait_or_stop(delay)
+                with self.step(PluginStep.RESTART, error=error):
+                    await self._wait_or_stop(delay)
             await self._set_state(PluginState.DISABLED, "disabled", persist=self._remember_stop)
         finally:
             report()
@@ -204,6 +208,15 @@ class PluginSupervisor:
             # dependency failed): nothing runs, nothing to wait for
             self._stopped.set()
         await self._stopped.wait()
+
+    def step(
+        self, step: PluginStep, *, error: BaseException | None = None
+    ) -> AbstractContextManager[object]:
+        """Around a lifecycle step: the instrumentation's, if there is one."""
+        instrumentation = self._services.instrumentation
+        if instrumentation is None:
+            return nullcontext()
+        return instrumentation.plugin_step(self.name, step, error=error)
 
     @property
     def context(self) -> PluginContext | None:
@@ -227,7 +240,7 @@ class PluginSupervisor:
     ) -> _Outcome:
         services = self._services
         try:
-            with trio.fail_after(services.enable_timeout):
+            with self.step(PluginStep.ENABLE), trio.fail_after(services.enable_timeout):
                 await self.plugin.on_enable(ctx)
         except trio.TooSlowError:
             raise TimeoutError(f"on_enable took longer than {services.enable_timeout:g}s") from None
@@ -250,7 +263,8 @@ class PluginSupervisor:
 
                 nursery.start_soon(run_body, name=f"{self.name}: run")
             await self._wake.wait()
-            await self._stop_gracefully(ctx)
+            with self.step(PluginStep.DISABLE):
+                await self._stop_gracefully(ctx)
         finally:
             services.health.unregister(self.name)
         nursery.cancel_scope.cancel()
