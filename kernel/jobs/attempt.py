@@ -214,13 +214,9 @@ class JobRunner:
     async def call(self, plan: Plan) -> None:
         """The call itself: run under the worker's cancel scope, which carries
         the timeout and a cancellation (`Run.cancel`)."""
+        if plan.observer is not None:
+            return await self._observed_call(plan, plan.observer)
         plan.started = trio.current_time()
-        if plan.observer is None:
-            await self._invoke(plan)
-        else:
-            await self._observed_call(plan, plan.observer)
-
-    async def _invoke(self, plan: Plan) -> None:
         spec = plan.spec
         if spec.blocking:
             result = await trio.to_thread.run_sync(
@@ -233,19 +229,23 @@ class JobRunner:
 
     async def _observed_call(self, plan: Plan, observer: AttemptObserver) -> None:
         """`call` with the attempt's context current (a ``blocking`` task's
-        thread gets a copy of it). A cancellation that is not the worker's
-        own (its scope: a timeout, `Run.cancel`) tears the queue down past
-        every grace: `finish` will not run, so the attempt ends here, put
-        back as the worker's last act puts it back."""
+        thread gets a copy of it): `call` again, the observer set aside
+        meanwhile, so the plain path stays as it is. A cancellation that is
+        not the worker's own (its scope: a timeout, `Run.cancel`) tears the
+        queue down past every grace: `finish` will not run, so the attempt
+        ends here, put back as the worker's last act puts it back."""
+        plan.observer = None
         try:
             with observer.running():
-                await self._invoke(plan)
+                await self.call(plan)
         except BaseException as exc:
             scope = None if plan.run is None else plan.run.scope
             if not isinstance(exc, Exception) and (scope is None or not scope.cancel_called):
-                plan.observer = None
                 observer.finished(AttemptOutcome(AttemptResult.RELEASED))
+                raise
+            plan.observer = observer
             raise
+        plan.observer = observer
 
     async def finish(
         self, run: Run, plan: Plan, error: BaseException | None, *, cut_short: bool
