@@ -21,7 +21,10 @@ current there is the parent of whatever the work itself traces:
    slot (its enqueue is reported inside it);
 4. **a plugin lifecycle step** (`Instrumentation.plugin_step`): around
    ``on_install``, ``on_enable``, ``on_disable`` (with the wait for runs to
-   finish) and a supervisor's wait before a restart.
+   finish) and a supervisor's wait before a restart. A tracer had better
+   not make a step's context current: trio copies the context into every
+   task started from it, and what a plugin starts in ``on_enable`` runs
+   long after the step.
 
 An attempt is one call of a task: a job put back before its call (its
 task's breaker is open, its rate limit is reached, its task is unknown here)
