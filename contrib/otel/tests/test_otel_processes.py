@@ -1,5 +1,5 @@
 """The trace continued across processes, for real: this test process enqueues
-inside a span into SQLite (and PostgreSQL), a `kernel run` process with an
+inside a span into SQLite (and PostgreSQL, and Redis), a `kernel run` process with an
 ``[otel]`` table runs the jobs, and what it exports (console: one JSON object
 a line on stdout; OTLP/HTTP: to a receiver of the test's own) must carry the
 enqueuer's trace id, with the enqueue span as the attempt's parent."""
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +151,45 @@ def test_postgres_trace_continued_in_a_kernel_run_process(
 ) -> None:
     trio.run(enqueue_in_a_span, postgres_url, tracer_provider)
     spans = run_worker(console_config(tmp_path, postgres_url))
+    check_continued(list(exporter.get_finished_spans()), spans)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A key prefix of its own on the test server, its keys deleted
+    afterwards; or a skip (a failure under KERNEL_REQUIRE_SERVICES=1)."""
+    coredis = pytest.importorskip("coredis")
+    server = os.environ.get("KERNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urllib.parse.urlsplit(server)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 5).close()
+    except OSError as error:
+        reason = f"Redis is not reachable at {redact_url(server)}: {error}".strip()
+        if os.environ.get("KERNEL_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (KERNEL_REQUIRE_SERVICES=1 requires it)", pytrace=False)
+        pytest.skip(reason)
+    prefix = f"kt-otel-{uuid.uuid4().hex[:12]}:"
+    separator = "&" if "?" in server else "?"
+    yield f"{server}{separator}prefix={prefix}"
+
+    async def delete_prefix() -> None:  # never the whole database: the server is shared
+        client = coredis.Redis.from_url(server, decode_responses=True)
+        async with client:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await client.delete(keys)
+
+    trio.run(delete_prefix)
+
+
+def test_redis_trace_continued_in_a_kernel_run_process(
+    tmp_path: Path,
+    redis_url: str,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    trio.run(enqueue_in_a_span, redis_url, tracer_provider)
+    spans = run_worker(console_config(tmp_path, redis_url))
     check_continued(list(exporter.get_finished_spans()), spans)
 
 

@@ -328,3 +328,48 @@ async def test_plugin_lifecycle_spans(
     sends = named(spans, "send crashy")
     assert len(sends) == 2
     assert all(send.parent is None for send in sends)
+
+
+async def test_a_dedup_hit_keeps_the_context_of_the_first_enqueue(
+    autojump_clock: MockClock, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    tracer = tracer_provider.get_tracer("test")
+    async with queue_at_t0(tracer_provider) as queue:
+        queue.register("sync", lambda: None)
+        with tracer.start_as_current_span("first"):
+            first = await queue.enqueue("sync", dedup_key="sync", delay=10)
+        with tracer.start_as_current_span("second"):
+            second = await queue.enqueue("sync", dedup_key="sync")
+        assert second.id == first.id
+        assert second.headers == first.headers
+        async with serving(queue):
+            await trio.sleep(15)
+    spans = exporter.get_finished_spans()
+    sends = named(spans, "send default")
+    assert len(sends) == 2  # the second enqueue has its span, with the id it was given
+    assert sends[1].attributes is not None
+    assert sends[1].attributes["messaging.message.id"] != first.id
+    assert parent_id(one(spans, "process default")) == span_id(sends[0])
+    assert sends[0].attributes is not None
+    assert sends[0].attributes["trio_kernel.job.run_at"] == "2026-01-01T00:00:10+00:00"
+
+
+async def test_a_cancelled_function_schedule_run_is_not_a_failure(
+    autojump_clock: MockClock, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    async def long() -> None:
+        await trio.sleep(3600)
+
+    clock = Clock.starting_at(T0)
+    clock.now()
+    async with open_scheduler(clock) as scheduler:
+        kernel_otel.instrument(scheduler, tracer_provider=tracer_provider)
+        schedule = scheduler.add_schedule(long, Every(seconds=10), name="long")
+        await trio.sleep(15)
+        schedule.cancel()  # cancels its run in progress
+        await trio.sleep(1)
+    fire = one(exporter.get_finished_spans(), "fire long")
+    assert fire.status.status_code is StatusCode.UNSET
+    assert fire.attributes is not None
+    assert fire.attributes["trio_kernel.cancelled"] is True
+    assert "error.type" not in fire.attributes
