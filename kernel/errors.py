@@ -399,12 +399,18 @@ class PluginLoadError(KernelError):
 class PermissionDenied(KernelError):
     """A plugin used a capability its manifest did not ask for."""
 
-    def __init__(self, plugin: str, permission: str) -> None:
+    def __init__(self, plugin: str, permission: str, action: str = "") -> None:
         self.plugin = plugin
         self.permission = permission
+        self.action = action
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self.action:
+            return (
+                f"plugin {self.plugin!r} may not {self.action} without the"
+                f" {self.permission!r} permission: add it to the permissions of its manifest"
+            )
         return (
             f"plugin {self.plugin!r} is not allowed to use {self.permission!r}:"
             f" add it to the permissions of its manifest"

@@ -63,6 +63,7 @@ SURFACE: dict[str, list[str]] = {
         "Plugin",
         "PluginContext",
         "PluginDependencyError",
+        "PluginQueue",
         "PluginSpec",
         "PluginState",
         "PluginStateError",

@@ -405,10 +405,13 @@ class Kernel:
     async def _install(self, supervisor: PluginSupervisor) -> None:
         services = self._require_services()
         async with trio.open_nursery() as nursery:
-            ctx = services.plugin_context(
+            start = services.plugin_start(
                 supervisor.name, supervisor.manifest, supervisor.config, nursery
             )
-            await supervisor.plugin.on_install(ctx)
+            try:
+                await supervisor.plugin.on_install(start.ctx)
+            finally:
+                start.close()
             nursery.cancel_scope.cancel()
         await self._record_state(supervisor.name, PluginState.INSTALLED, "installed")
 
