@@ -14,6 +14,7 @@ catches ``ValueError`` or ``LookupError`` keeps working::
     ├── StorageError
     │   ├── InvalidStorageKey (ValueError)
     │   ├── StorageClosed
+    │   ├── StorageLost
     │   ├── JobConflict
     │   ├── SchemaVersionError
     │   └── SchemaOutdated
@@ -92,6 +93,7 @@ __all__ = [
     "StatusUnavailable",
     "StorageClosed",
     "StorageError",
+    "StorageLost",
     "UnknownTask",
 ]
 
@@ -208,6 +210,12 @@ class InvalidStorageKey(StorageError, ValueError):
 
 class StorageClosed(StorageError):
     """The storage was used after `aclose`."""
+
+
+class StorageLost(StorageError):
+    """The store is gone for good while in use (its SQLite file deleted or
+    replaced): nothing written from now on would survive, and only opening
+    it again (a restart) helps."""
 
 
 class BusError(KernelError):

@@ -139,6 +139,7 @@ SURFACE: dict[str, list[str]] = {
         "StatusSocketError",
         "StatusUnavailable",
         "StorageClosed",
+        "StorageLost",
         "StorageError",
         "UnknownTask",
     ],

@@ -193,6 +193,8 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
         job_heartbeat=settings.job_heartbeat,
         loop_stall=settings.loop_stall.total_seconds(),
         unknown_task_grace=settings.unknown_task_grace,
+        storage_failure_limit=settings.storage_failure_limit.total_seconds(),
+        exit_when_all_failed=settings.exit_when_all_failed,
     )
 
 

@@ -128,6 +128,15 @@ class KernelSettings:
     unknown_task_grace: datetime.timedelta = attrs.field(
         default=datetime.timedelta(hours=1), validator=_positive_duration
     )
+    #: How long the store may fail with no call succeeding before the runner
+    #: stops, exit 5, for a supervisor to restart it (at once if the store is
+    #: lost: its SQLite file deleted or replaced).
+    storage_failure_limit: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(minutes=3), validator=_positive_duration
+    )
+    #: Stop (exit 4) once every plugin not disabled has failed past its
+    #: restart budget, instead of idling until a signal.
+    exit_when_all_failed: bool = True
     #: The Unix socket `kernel status` talks to; ``None`` (the default) opens none.
     status_socket: Path | None = None
     log_level: LogLevel = "info"

@@ -28,6 +28,7 @@ from kernel.jobs.record import JobRecord, clone_json, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry
 from kernel.jobs.workers import Workers
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
@@ -74,8 +75,11 @@ class ScheduleFeeder:
         workers: Workers,
         events: JobEvents,
         metrics: Metrics | None = None,
+        *,
+        watch: StorageWatch | None = None,
     ) -> None:
         self._scheduler = scheduler
+        self._watch = watch if watch is not None else StorageWatch(store.next_due)
         self._store = store
         self._registry = registry
         self._workers = workers
@@ -182,7 +186,9 @@ class ScheduleFeeder:
                 await self._restore_schedules()
                 await self._store_fired()
                 backoff.reset()
+                self._watch.succeeded()
             except StorageError as exc:
+                self._watch.failed(exc)
                 wait = backoff.next()
                 log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
                 await self._scheduler.sleep(wait)

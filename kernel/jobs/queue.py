@@ -34,6 +34,7 @@ from kernel.jobs.record import JobRecord, JobState, check_fields, derive_record,
 from kernel.jobs.registry import TaskRegistry, TaskSpec, positive_seconds
 from kernel.jobs.workers import QueueConfig, Workers
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, Bus, JobStore
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import RetryPolicy
@@ -77,6 +78,7 @@ class JobQueue:
         reap_every: timedelta = timedelta(seconds=15),
         rng: random.Random | None = None,
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        watch: StorageWatch | None = None,
     ) -> None:
         for field, value in (("lease", lease), ("heartbeat", heartbeat)):
             positive_seconds(field, value)
@@ -93,6 +95,7 @@ class JobQueue:
         self.heartbeat = heartbeat
         self.reap_every = reap_every
         self.rng = rng if rng is not None else random.Random()
+        self.storage_watch = watch if watch is not None else StorageWatch(store.next_due)
         self._registry = TaskRegistry()
         self._events = JobEvents(bus)
         self._workers = Workers(
@@ -108,9 +111,16 @@ class JobQueue:
             rng=self.rng,
             stats_of=self._stats_of,
             unknown_task_grace=unknown_task_grace,
+            watch=self.storage_watch,
         )
         self._feeder = ScheduleFeeder(
-            scheduler, store, self._registry, self._workers, self._events, metrics
+            scheduler,
+            store,
+            self._registry,
+            self._workers,
+            self._events,
+            metrics,
+            watch=self.storage_watch,
         )
         self._running = False
 

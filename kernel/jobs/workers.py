@@ -50,6 +50,7 @@ from kernel.jobs.rate import RateLimit, RateWindow
 from kernel.jobs.record import JobRecord
 from kernel.jobs.registry import TaskRegistry, positive_seconds
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, EnqueueListener, JobStore
 from kernel.resilience.retry import Backoff
 from kernel.time.clock import Clock
@@ -163,10 +164,12 @@ class Workers:
         rng: random.Random,
         stats_of: Callable[[JobRecord], ScheduleStats | None],
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        watch: StorageWatch | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
+        self.watch = watch if watch is not None else StorageWatch(store.next_due)
         self.worker = worker
         self.lease = lease
         self.reap_every = reap_every
@@ -178,6 +181,7 @@ class Workers:
             lease=lease,
             heartbeat=heartbeat,
             lost=self._leases_lost,
+            watch=self.watch,
         )
         self.runner = JobRunner(
             store,
@@ -190,6 +194,7 @@ class Workers:
             rng=rng,
             stats_of=stats_of,
             unknown_task_grace=unknown_task_grace,
+            watch=self.watch,
         )
         self._queues: dict[str, _QueueState] = {}
         self._nursery: trio.Nursery | None = None
@@ -388,7 +393,12 @@ class Workers:
         nursery.start_soon(self.leases.run)
         nursery.start_soon(
             functools.partial(
-                reap_expired, self.store, self.scheduler, every=self.reap_every, woke=self.wake_all
+                reap_expired,
+                self.store,
+                self.scheduler,
+                every=self.reap_every,
+                woke=self.wake_all,
+                watch=self.watch,
             )
         )
         if isinstance(self.store, EnqueueListener):
@@ -428,7 +438,9 @@ class Workers:
                     try:
                         await self._round(state)
                         backoff.reset()
+                        self.watch.succeeded()
                     except StorageError as exc:
+                        self.watch.failed(exc)
                         wait = backoff.next()
                         log.warning(
                             "queue %s: the store failed (%s); retrying in %.1f s",
@@ -683,6 +695,7 @@ class Workers:
                         lease=self.lease,
                     )
                 except StorageError as exc:
+                    self.watch.failed(exc)
                     log.error(
                         "queue %s: could not store %d success(es) at stop (%s);"
                         " they will run again",
