@@ -17,6 +17,7 @@ from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
 from kernel.notifier.routing import NotifyRoute, routes_from
 from kernel.runtime.contrib import contrib_tables as installed_contrib_tables
+from kernel.serialization import DEFAULT_MAX_PAYLOAD
 from kernel.urls import redact_url
 
 __all__ = [
@@ -133,6 +134,10 @@ class KernelSettings:
     #: lost: its SQLite file deleted or replaced).
     storage_failure_limit: datetime.timedelta = attrs.field(
         default=datetime.timedelta(minutes=3), validator=_positive_duration
+    )
+    #: The largest a job's arguments may be, in bytes of JSON.
+    max_payload_bytes: int = attrs.field(
+        default=DEFAULT_MAX_PAYLOAD, validator=attrs.validators.gt(0)
     )
     #: Stop (exit 4) once every plugin not disabled has failed past its
     #: restart budget, instead of idling until a signal.

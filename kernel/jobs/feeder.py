@@ -77,7 +77,9 @@ class ScheduleFeeder:
         metrics: Metrics | None = None,
         *,
         watch: StorageWatch | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
+        self._max_payload_bytes = max_payload_bytes
         self._scheduler = scheduler
         self._watch = watch if watch is not None else StorageWatch(store.next_due)
         self._store = store
@@ -119,7 +121,9 @@ class ScheduleFeeder:
                 "the queue, not the schedule, holds its waiting runs",
             )
         now = self._scheduler.clock.now()
-        dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
+        dumped_args, dumped_kwargs = dump_arguments(
+            args, kwargs or {}, max_bytes=self._max_payload_bytes
+        )
         # every process computes the same slots, whenever it started: an
         # interval schedule without an anchor counts from the Unix epoch
         trigger = anchor_every(trigger, _EPOCH)

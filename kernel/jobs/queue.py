@@ -38,7 +38,7 @@ from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, Bus, JobStore
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import RetryPolicy
-from kernel.serialization import dump_arguments
+from kernel.serialization import DEFAULT_MAX_PAYLOAD, dump_arguments
 from kernel.time.clock import Clock
 from kernel.time.policies import MisfirePolicy, OverlapPolicy
 from kernel.time.scheduler import Schedule, Scheduler
@@ -79,7 +79,12 @@ class JobQueue:
         rng: random.Random | None = None,
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
         watch: StorageWatch | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        if max_payload_bytes is not None and (
+            not isinstance(max_payload_bytes, int) or max_payload_bytes <= 0
+        ):
+            raise InvalidJob("max_payload_bytes", max_payload_bytes, "must be bytes > 0, or None")
         for field, value in (("lease", lease), ("heartbeat", heartbeat)):
             positive_seconds(field, value)
         positive_seconds("reap_every", reap_every)
@@ -95,6 +100,7 @@ class JobQueue:
         self.heartbeat = heartbeat
         self.reap_every = reap_every
         self.rng = rng if rng is not None else random.Random()
+        self.max_payload_bytes = max_payload_bytes
         self.storage_watch = watch if watch is not None else StorageWatch(store.next_due)
         self._registry = TaskRegistry()
         self._events = JobEvents(bus)
@@ -121,6 +127,7 @@ class JobQueue:
             self._events,
             metrics,
             watch=self.storage_watch,
+            max_payload_bytes=max_payload_bytes,
         )
         self._running = False
 
@@ -337,7 +344,9 @@ class JobQueue:
         a queued or running job, that job is returned and nothing is stored.
         """
         spec = self._registry.spec(task)
-        checked_args, checked_kwargs = dump_arguments(args, kwargs)
+        checked_args, checked_kwargs = dump_arguments(
+            args, kwargs, max_bytes=self.max_payload_bytes
+        )
         if delay is not None and run_at is not None:
             raise InvalidJob("delay", delay, "give delay or run_at, not both")
         now = self.clock.now()

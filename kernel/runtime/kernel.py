@@ -41,6 +41,7 @@ from kernel.ports import Bus, JobStore, Level, Notifier, Storage
 from kernel.runtime.discovery import open_bus, open_storage
 from kernel.runtime.plugins import Manifest, Plugin
 from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
+from kernel.serialization import DEFAULT_MAX_PAYLOAD
 from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler
@@ -145,7 +146,8 @@ class Kernel:
     at once when the store is lost: its SQLite file deleted or replaced);
     None never stops. ``exit_when_all_failed`` makes `serve` stop (exit 4)
     once every plugin not disabled has failed past its restart budget.
-    The runner turns both on (docs/configuration.md).
+    The runner turns both on (docs/configuration.md). ``max_payload_bytes``
+    caps a job's arguments, as JSON (None: no cap).
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class Kernel:
         job_heartbeat: timedelta = timedelta(seconds=10),
         storage_failure_limit: float | None = None,
         exit_when_all_failed: bool = False,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.specs = [p if isinstance(p, PluginSpec) else PluginSpec(p) for p in plugins]
         self.metrics = Metrics()
@@ -181,6 +184,7 @@ class Kernel:
         self._lease = (job_lease, job_heartbeat)
         self._storage_failure_limit = storage_failure_limit
         self._exit_when_all_failed = exit_when_all_failed
+        self._max_payload_bytes = max_payload_bytes
         self.storage_watch: StorageWatch | None = None
         self._started = False  # every plugin has been started once
         self.watchdog = (
@@ -267,6 +271,7 @@ class Kernel:
                 lease=self._lease[0],
                 heartbeat=self._lease[1],
                 watch=watch,
+                max_payload_bytes=self._max_payload_bytes,
             )
             await nursery.start(queue.run)
             if self.watchdog is not None:
