@@ -29,10 +29,11 @@ from kernel.jobs._checks import utc_datetime, validate_name
 from kernel.jobs.attempt import UNKNOWN_TASK_GRACE
 from kernel.jobs.events import JobEvents
 from kernel.jobs.feeder import ScheduleFeeder
+from kernel.jobs.queue_state import QueueConfig
 from kernel.jobs.rate import RateLimit
 from kernel.jobs.record import JobRecord, JobState, check_fields, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry, TaskSpec, positive_seconds
-from kernel.jobs.workers import QueueConfig, Workers
+from kernel.jobs.workers import Workers
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, Bus, JobStore
