@@ -40,9 +40,10 @@ from kernel.runtime.control import JobPage, KernelControl
 from kernel.runtime.discovery import open_bus, open_notifier, open_storage
 from kernel.runtime.embedding import AsyncioHandle, KernelThread, embed_in_asyncio
 from kernel.runtime.kernel import ExitCode, Kernel, PluginSpec
+from kernel.runtime.permissions import Permission
+from kernel.runtime.plugin_queue import PluginQueue
 from kernel.runtime.plugins import (
     Manifest,
-    Permission,
     Plugin,
     PluginContext,
     Restart,
@@ -116,6 +117,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginDependencyError",
+    "PluginQueue",
     "PluginSpec",
     "PluginState",
     "PluginStateError",

@@ -14,6 +14,7 @@ catches ``ValueError`` or ``LookupError`` keeps working::
     ├── StorageError
     │   ├── InvalidStorageKey (ValueError)
     │   ├── StorageClosed
+    │   ├── StorageLost
     │   ├── JobConflict
     │   ├── SchemaVersionError
     │   └── SchemaOutdated
@@ -92,6 +93,7 @@ __all__ = [
     "StatusUnavailable",
     "StorageClosed",
     "StorageError",
+    "StorageLost",
     "UnknownTask",
 ]
 
@@ -208,6 +210,12 @@ class InvalidStorageKey(StorageError, ValueError):
 
 class StorageClosed(StorageError):
     """The storage was used after `aclose`."""
+
+
+class StorageLost(StorageError):
+    """The store is gone for good while in use (its SQLite file deleted or
+    replaced): nothing written from now on would survive, and only opening
+    it again (a restart) helps."""
 
 
 class BusError(KernelError):
@@ -399,12 +407,18 @@ class PluginLoadError(KernelError):
 class PermissionDenied(KernelError):
     """A plugin used a capability its manifest did not ask for."""
 
-    def __init__(self, plugin: str, permission: str) -> None:
+    def __init__(self, plugin: str, permission: str, action: str = "") -> None:
         self.plugin = plugin
         self.permission = permission
+        self.action = action
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self.action:
+            return (
+                f"plugin {self.plugin!r} may not {self.action} without the"
+                f" {self.permission!r} permission: add it to the permissions of its manifest"
+            )
         return (
             f"plugin {self.plugin!r} is not allowed to use {self.permission!r}:"
             f" add it to the permissions of its manifest"

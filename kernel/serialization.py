@@ -19,6 +19,11 @@ part (`kernel.errors.NotJSONSerializable`). When the task runs, each
 argument whose parameter is annotated is structured back to that type
 (`load_arguments`): ``async def send(mail: Mail)`` receives a ``Mail``.
 Unannotated parameters get the JSON as stored.
+
+Arguments are capped in size (`DEFAULT_MAX_PAYLOAD`, 1 MiB as JSON): a job
+row is read and written whole on every claim, retry and listing, so a large
+payload slows every worker sharing the store. Keep large data elsewhere and
+pass its name.
 """
 
 from __future__ import annotations
@@ -26,18 +31,20 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import json
 import math
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, TypeAlias, cast
+from typing import Any, Final, TypeAlias, cast
 
 import cattrs
 
-from kernel.errors import NotJSONSerializable, PayloadError
+from kernel.errors import InvalidJob, NotJSONSerializable, PayloadError
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD",
     "JSON",
     "MAX_JSON_DEPTH",
     "JSONLike",
@@ -193,18 +200,48 @@ converter.register_unstructure_hook(datetime.time, lambda value: value.isoformat
 converter.register_unstructure_hook(PurePath, str)
 
 
+DEFAULT_MAX_PAYLOAD: Final = 1 << 20
+"""The default cap on a job's arguments, in bytes of JSON (UTF-8)."""
+
+
 def dump_arguments(
-    args: Sequence[object], kwargs: Mapping[str, object]
+    args: Sequence[object], kwargs: Mapping[str, object], *, max_bytes: int | None = None
 ) -> tuple[list[JSON], dict[str, JSON]]:
     """``args`` and ``kwargs`` as private JSON, unstructured by `converter`;
-    `kernel.errors.NotJSONSerializable` names what cannot be stored."""
+    `kernel.errors.NotJSONSerializable` names what cannot be stored, and
+    `kernel.errors.InvalidJob` arguments larger than ``max_bytes`` as JSON."""
     if not args and not kwargs:
         return [], {}
-    dumped_args = copy_json([converter.unstructure(value) for value in args], path="args")
-    dumped_kwargs = copy_json(
-        {key: converter.unstructure(value) for key, value in kwargs.items()}, path="kwargs"
+    dumped_args = cast(
+        "list[JSON]", copy_json([converter.unstructure(value) for value in args], path="args")
     )
-    return cast("list[JSON]", dumped_args), cast("dict[str, JSON]", dumped_kwargs)
+    dumped_kwargs = cast(
+        "dict[str, JSON]",
+        copy_json(
+            {key: converter.unstructure(value) for key, value in kwargs.items()}, path="kwargs"
+        ),
+    )
+    if max_bytes is not None:
+        _check_size(dumped_args, dumped_kwargs, max_bytes)
+    return dumped_args, dumped_kwargs
+
+
+def _check_size(args: list[JSON], kwargs: dict[str, JSON], max_bytes: int) -> None:
+    text = json.dumps([args, kwargs], ensure_ascii=False, separators=(",", ":"))
+    if len(text) * 4 <= max_bytes:  # no character takes more than 4 bytes
+        return
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidJob(
+            "arguments",
+            f"{_mib(size)} as JSON",
+            f"more than the limit of {_mib(max_bytes)} (max_payload_bytes);"
+            " keep large data elsewhere (a file, an object store) and pass its name",
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.3g} MiB" if size >= 1 << 20 else f"{size:,} bytes"
 
 
 @functools.cache

@@ -81,7 +81,7 @@ def main() -> None:
     """trio-kernel: an embeddable scheduler microkernel on trio.
 
     Exit status: 0 done; 1 not found, wrong state, or a backend failed;
-    2 a usage error (argument, config file, URL). `kernel run` adds 3 and 4.
+    2 a usage error (argument, config file, URL). `kernel run` adds 3, 4 and 5.
     """
 
 
@@ -193,6 +193,9 @@ def _kernel(config: KernelConfig, specs: list[PluginSpec]) -> Kernel:
         job_heartbeat=settings.job_heartbeat,
         loop_stall=settings.loop_stall.total_seconds(),
         unknown_task_grace=settings.unknown_task_grace,
+        storage_failure_limit=settings.storage_failure_limit.total_seconds(),
+        exit_when_all_failed=settings.exit_when_all_failed,
+        max_payload_bytes=settings.max_payload_bytes,
     )
 
 

@@ -253,7 +253,9 @@ def _list_page(
 
     async def page(store: JobStore) -> list[JobRecord]:
         fetch = min(limit + 1, MAX_LIST_LIMIT)
-        return await store.list_jobs(state=state, queue=queue, limit=fetch, after_id=after_id)
+        return await store.list_jobs(
+            state=state, queue=queue, limit=fetch, after_id=after_id, payloads=False
+        )
 
     jobs = _run(source, page)
     more = len(jobs) > limit or (len(jobs) == limit == MAX_LIST_LIMIT)
@@ -490,7 +492,7 @@ def jobs_purge_dead(
     async def count(store: JobStore) -> int:
         found, after = 0, None
         while page := await store.list_jobs(
-            state=JobState.dead, limit=MAX_LIST_LIMIT, after_id=after
+            state=JobState.dead, limit=MAX_LIST_LIMIT, after_id=after, payloads=False
         ):
             found += sum(
                 1

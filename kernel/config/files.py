@@ -17,6 +17,7 @@ from kernel.config.structure import key_path, structure_config
 from kernel.errors import ConfigError
 from kernel.notifier.routing import NotifyRoute, routes_from
 from kernel.runtime.contrib import contrib_tables as installed_contrib_tables
+from kernel.serialization import DEFAULT_MAX_PAYLOAD
 from kernel.urls import redact_url
 
 __all__ = [
@@ -128,6 +129,19 @@ class KernelSettings:
     unknown_task_grace: datetime.timedelta = attrs.field(
         default=datetime.timedelta(hours=1), validator=_positive_duration
     )
+    #: How long the store may fail with no call succeeding before the runner
+    #: stops, exit 5, for a supervisor to restart it (at once if the store is
+    #: lost: its SQLite file deleted or replaced).
+    storage_failure_limit: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(minutes=3), validator=_positive_duration
+    )
+    #: The largest a job's arguments may be, in bytes of JSON.
+    max_payload_bytes: int = attrs.field(
+        default=DEFAULT_MAX_PAYLOAD, validator=attrs.validators.gt(0)
+    )
+    #: Stop (exit 4) once every plugin not disabled has failed past its
+    #: restart budget, instead of idling until a signal.
+    exit_when_all_failed: bool = True
     #: The Unix socket `kernel status` talks to; ``None`` (the default) opens none.
     status_socket: Path | None = None
     log_level: LogLevel = "info"

@@ -36,7 +36,14 @@ from typing import Any, Final
 import attrs
 import trio
 
-from kernel.errors import InvalidRetryPolicy, JobTimedOut, PayloadError, StorageError, UnknownTask
+from kernel.errors import (
+    InvalidRetryPolicy,
+    JobTimedOut,
+    PayloadError,
+    StorageError,
+    StorageLost,
+    UnknownTask,
+)
 from kernel.jobs.events import JobEvents
 from kernel.jobs.leases import LeaseKeeper
 from kernel.jobs.record import JobRecord
@@ -48,6 +55,7 @@ from kernel.observe.instrument import (
     Instrumentation,
 )
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff, Outcome, RetryPolicy
 from kernel.serialization import load_arguments
@@ -143,8 +151,10 @@ class JobRunner:
         rng: random.Random,
         stats_of: Callable[[JobRecord], ScheduleStats | None],
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        watch: StorageWatch | None = None,
     ) -> None:
         self.store = store
+        self.watch = watch if watch is not None else StorageWatch(store.next_due)
         self.scheduler = scheduler
         self.registry = registry
         self.events = events
@@ -393,8 +403,9 @@ class JobRunner:
                     try:
                         stored = await write()
                     except StorageError as exc:
+                        self.watch.failed(exc)
                         wait = backoff.next()
-                        if self.leases.lease_left(job.id) <= wait:
+                        if isinstance(exc, StorageLost) or self.leases.lease_left(job.id) <= wait:
                             log.error(
                                 "job %s (%s): could not store its %s before our lease ends (%s);"
                                 " it will run again",
@@ -413,6 +424,7 @@ class JobRunner:
                         )
                         await self.scheduler.sleep(wait)
                         continue
+                    self.watch.succeeded()
                     if not stored:
                         self.outcome_refused(job, what)
                     return stored

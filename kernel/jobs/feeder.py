@@ -30,6 +30,7 @@ from kernel.jobs.registry import TaskRegistry
 from kernel.jobs.workers import Workers
 from kernel.observe.instrument import Instrumentation
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
 from kernel.resilience.retry import Backoff
 from kernel.serialization import dump_arguments
@@ -76,8 +77,13 @@ class ScheduleFeeder:
         workers: Workers,
         events: JobEvents,
         metrics: Metrics | None = None,
+        *,
+        watch: StorageWatch | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
+        self._max_payload_bytes = max_payload_bytes
         self._scheduler = scheduler
+        self._watch = watch if watch is not None else StorageWatch(store.next_due)
         self._store = store
         self._registry = registry
         self._workers = workers
@@ -118,7 +124,9 @@ class ScheduleFeeder:
                 "the queue, not the schedule, holds its waiting runs",
             )
         now = self._scheduler.clock.now()
-        dumped_args, dumped_kwargs = dump_arguments(args, kwargs or {})
+        dumped_args, dumped_kwargs = dump_arguments(
+            args, kwargs or {}, max_bytes=self._max_payload_bytes
+        )
         # every process computes the same slots, whenever it started: an
         # interval schedule without an anchor counts from the Unix epoch
         trigger = anchor_every(trigger, _EPOCH)
@@ -185,7 +193,9 @@ class ScheduleFeeder:
                 await self._restore_schedules()
                 await self._store_fired()
                 backoff.reset()
+                self._watch.succeeded()
             except StorageError as exc:
+                self._watch.failed(exc)
                 wait = backoff.next()
                 log.warning("storing schedule runs failed (%s); retrying in %.1f s", exc, wait)
                 await self._scheduler.sleep(wait)

@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from kernel.errors import StorageError
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler
@@ -66,8 +67,10 @@ class LeaseKeeper:
         lease: timedelta,
         heartbeat: timedelta,
         lost: Callable[[set[str]], None],
+        watch: StorageWatch | None = None,
     ) -> None:
         self.store = store
+        self.watch = watch
         self.scheduler = scheduler
         self.worker = worker
         self.lease = lease
@@ -142,7 +145,11 @@ class LeaseKeeper:
             except StorageError as exc:
                 # the next beat may still be in time; if not, the jobs are reaped
                 log.warning("renewing %d lease(s) failed: %s", len(ids), exc)
+                if self.watch is not None:
+                    self.watch.failed(exc)
                 continue
+            if self.watch is not None:
+                self.watch.succeeded()
             self._renewed(ids, held, beat)
             lost = {job_id for job_id in ids if job_id not in held and job_id in self._held}
             if lost:
@@ -204,7 +211,12 @@ _PRUNE_EVERY = 3600.0
 
 
 async def reap_expired(
-    store: JobStore, scheduler: Scheduler, *, every: timedelta, woke: Callable[[], None]
+    store: JobStore,
+    scheduler: Scheduler,
+    *,
+    every: timedelta,
+    woke: Callable[[], None],
+    watch: StorageWatch | None = None,
 ) -> None:
     """Until cancelled, put back the jobs of workers that stopped renewing
     their leases (ours included, if we did), and prune old schedule slots
@@ -221,7 +233,11 @@ async def reap_expired(
                 await store.prune_slots(older_than=clock.now() - SLOT_RETENTION)
         except StorageError as exc:
             log.warning("reaping expired leases failed: %s", exc)
+            if watch is not None:
+                watch.failed(exc)
             continue
+        if watch is not None:
+            watch.succeeded()
         if reaped:
             log.warning("reaped %d job(s) with expired leases", len(reaped))
             woke()

@@ -30,16 +30,18 @@ from kernel.jobs._observed import enqueue_observed
 from kernel.jobs.attempt import UNKNOWN_TASK_GRACE
 from kernel.jobs.events import JobEvents
 from kernel.jobs.feeder import ScheduleFeeder
+from kernel.jobs.queue_state import QueueConfig
 from kernel.jobs.rate import RateLimit
 from kernel.jobs.record import JobRecord, JobState, check_fields, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry, TaskSpec, positive_seconds
-from kernel.jobs.workers import QueueConfig, Workers
+from kernel.jobs.workers import Workers
 from kernel.observe.instrument import Instrumentation, checked_instrumentation
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, Bus, JobStore
 from kernel.resilience.breaker import CircuitBreaker
 from kernel.resilience.retry import RetryPolicy
-from kernel.serialization import dump_arguments
+from kernel.serialization import DEFAULT_MAX_PAYLOAD, dump_arguments
 from kernel.time.clock import Clock
 from kernel.time.policies import MisfirePolicy, OverlapPolicy
 from kernel.time.scheduler import Schedule, Scheduler
@@ -79,7 +81,13 @@ class JobQueue:
         reap_every: timedelta = timedelta(seconds=15),
         rng: random.Random | None = None,
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        watch: StorageWatch | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        if max_payload_bytes is not None and (
+            not isinstance(max_payload_bytes, int) or max_payload_bytes <= 0
+        ):
+            raise InvalidJob("max_payload_bytes", max_payload_bytes, "must be bytes > 0, or None")
         for field, value in (("lease", lease), ("heartbeat", heartbeat)):
             positive_seconds(field, value)
         positive_seconds("reap_every", reap_every)
@@ -95,6 +103,8 @@ class JobQueue:
         self.heartbeat = heartbeat
         self.reap_every = reap_every
         self.rng = rng if rng is not None else random.Random()
+        self.max_payload_bytes = max_payload_bytes
+        self.storage_watch = watch if watch is not None else StorageWatch(store.next_due)
         self._registry = TaskRegistry()
         self._events = JobEvents(bus)
         self._workers = Workers(
@@ -110,9 +120,17 @@ class JobQueue:
             rng=self.rng,
             stats_of=self._stats_of,
             unknown_task_grace=unknown_task_grace,
+            watch=self.storage_watch,
         )
         self._feeder = ScheduleFeeder(
-            scheduler, store, self._registry, self._workers, self._events, metrics
+            scheduler,
+            store,
+            self._registry,
+            self._workers,
+            self._events,
+            metrics,
+            watch=self.storage_watch,
+            max_payload_bytes=max_payload_bytes,
         )
         self._running = False
         self._instrumentation: Instrumentation | None = None
@@ -343,7 +361,9 @@ class JobQueue:
         a queued or running job, that job is returned and nothing is stored.
         """
         spec = self._registry.spec(task)
-        checked_args, checked_kwargs = dump_arguments(args, kwargs)
+        checked_args, checked_kwargs = dump_arguments(
+            args, kwargs, max_bytes=self.max_payload_bytes
+        )
         if delay is not None and run_at is not None:
             raise InvalidJob("delay", delay, "give delay or run_at, not both")
         now = self.clock.now()

@@ -33,10 +33,8 @@ import logging
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import attrs
 import trio
@@ -46,53 +44,24 @@ from kernel.jobs._checks import validate_name
 from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Plan, Run, Verdict
 from kernel.jobs.events import JobEvents
 from kernel.jobs.leases import LeaseKeeper, reap_expired
+from kernel.jobs.queue_state import QueueConfig, QueueState
 from kernel.jobs.rate import RateLimit, RateWindow
 from kernel.jobs.record import JobRecord
 from kernel.jobs.registry import TaskRegistry, positive_seconds
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, EnqueueListener, JobStore
 from kernel.resilience.retry import Backoff
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler, ScheduleStats
-from kernel.time.wheel import Timer
 
-__all__ = ["QueueConfig", "Workers"]
+__all__ = ["Workers"]
 
 log = logging.getLogger("kernel.queue")
 
 _DRAIN_REPORT_EVERY = 5.0
 _POLL_FIRST = 1.0
 _POLL_MAX = 30.0
-
-
-def _prefetch(_instance: object, _attribute: object, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise InvalidJob("prefetch", value, "must be an int >= 0 (or None: concurrency // 4)")
-
-
-@attrs.frozen
-class QueueConfig:
-    """How one queue is worked: concurrency, rate limit, aging and prefetch.
-
-    ``prefetch`` is how many jobs beyond ``concurrency`` are claimed ahead
-    into a local buffer (None: a quarter of ``concurrency``), so a worker
-    that finishes finds its next job ready instead of waiting for a claim in
-    flight. A job claimed ahead runs before any job claimed after it: a
-    higher priority that arrives meanwhile may wait behind at most
-    ``prefetch`` jobs. Set 0 for strict priority order, or for long jobs
-    shared by several machines (no job then waits in one machine's buffer
-    while another is idle).
-    """
-
-    name: str
-    concurrency: int = 1
-    rate_limit: RateLimit | None = None
-    aging: timedelta | None = timedelta(seconds=60)
-    prefetch: int | None = attrs.field(default=None, validator=_prefetch)
-
-    @property
-    def ahead(self) -> int:
-        return self.concurrency // 4 if self.prefetch is None else self.prefetch
 
 
 @attrs.define(eq=False)
@@ -102,46 +71,6 @@ class _Current:
     run: Run
     plan: Plan | None = None
     error: Exception | None = None
-
-
-@attrs.define(eq=False)
-class _QueueState:
-    config: QueueConfig
-    window: RateWindow | None
-    paused: bool = False
-    buffer: deque[JobRecord] = attrs.field(factory=deque)  # claimed, not started
-    running: dict[str, Run] = attrs.field(factory=dict)  # started, outcome not stored
-    completed: list[JobRecord] = attrs.field(factory=list)  # succeeded, to store next round
-    to_release: list[JobRecord] = attrs.field(factory=list)  # prefetched, to give back
-    storing: int = 0  # outcomes or give-backs taken from the lists above, in flight
-    wake: trio.Event = attrs.field(factory=trio.Event)
-    ready: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    timer: Timer[Callable[[], None]] | None = None
-    timer_at: float = math.inf
-    due_hint: datetime | None = None
-    check_due: bool = True  # ask the store when the next job is due, once drained
-    poll: float = 0.0  # the current wait between polls of a store shared without wake-ups
-    serving: bool = False
-    nursery: trio.Nursery | None = None
-    workers: int = 0
-    idle: trio.Event | None = None  # made while someone waits for the queue to go idle
-    gauge: Any = None
-
-    @property
-    def busy(self) -> bool:
-        return bool(
-            self.running or self.buffer or self.completed or self.to_release or self.storing
-        )
-
-    @contextmanager
-    def in_flight(self) -> Iterator[None]:
-        """While a store call holds outcomes taken off this queue's lists, it
-        is still busy (``wait_idle`` must not see it idle between the two)."""
-        self.storing += 1
-        try:
-            yield
-        finally:
-            self.storing -= 1
 
 
 class Workers:
@@ -163,10 +92,12 @@ class Workers:
         rng: random.Random,
         stats_of: Callable[[JobRecord], ScheduleStats | None],
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
+        watch: StorageWatch | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
+        self.watch = watch if watch is not None else StorageWatch(store.next_due)
         self.worker = worker
         self.lease = lease
         self.reap_every = reap_every
@@ -178,6 +109,7 @@ class Workers:
             lease=lease,
             heartbeat=heartbeat,
             lost=self._leases_lost,
+            watch=self.watch,
         )
         self.runner = JobRunner(
             store,
@@ -190,8 +122,9 @@ class Workers:
             rng=rng,
             stats_of=stats_of,
             unknown_task_grace=unknown_task_grace,
+            watch=self.watch,
         )
-        self._queues: dict[str, _QueueState] = {}
+        self._queues: dict[str, QueueState] = {}
         self._nursery: trio.Nursery | None = None
         self._intake = True
         self._listening = isinstance(store, EnqueueListener)
@@ -224,7 +157,7 @@ class Workers:
         state = self._queues.get(queue_name)
         window = None if rate_limit is None else RateWindow(rate_limit)
         if state is None:
-            state = self._queues[queue_name] = _QueueState(config, window)
+            state = self._queues[queue_name] = QueueState(config, window)
             if self.metrics is not None:
                 state.gauge = self.metrics.gauge("jobs_running", queue=queue_name)
         else:
@@ -236,7 +169,7 @@ class Workers:
         self.wake(queue_name)
         return config
 
-    def ensure(self, name: str) -> _QueueState:
+    def ensure(self, name: str) -> QueueState:
         """The state of queue ``name``, configured with the defaults if new."""
         state = self._queues.get(name)
         if state is None:
@@ -388,7 +321,12 @@ class Workers:
         nursery.start_soon(self.leases.run)
         nursery.start_soon(
             functools.partial(
-                reap_expired, self.store, self.scheduler, every=self.reap_every, woke=self.wake_all
+                reap_expired,
+                self.store,
+                self.scheduler,
+                every=self.reap_every,
+                woke=self.wake_all,
+                watch=self.watch,
             )
         )
         if isinstance(self.store, EnqueueListener):
@@ -402,12 +340,12 @@ class Workers:
             state.workers = 0
             self._disarm(state)
 
-    def _start_serving(self, state: _QueueState) -> None:
+    def _start_serving(self, state: QueueState) -> None:
         if self._nursery is not None and not state.serving:
             state.serving = True
             self._nursery.start_soon(self._serve, state, name=f"queue {state.config.name}")
 
-    def _spawn_workers(self, state: _QueueState) -> None:
+    def _spawn_workers(self, state: QueueState) -> None:
         if state.nursery is None:
             return
         while state.workers < state.config.concurrency:
@@ -416,7 +354,7 @@ class Workers:
             )
             state.workers += 1
 
-    async def _serve(self, state: _QueueState) -> None:
+    async def _serve(self, state: QueueState) -> None:
         """The claimer of one queue, and its workers' nursery."""
         backoff = Backoff()
         try:
@@ -428,7 +366,9 @@ class Workers:
                     try:
                         await self._round(state)
                         backoff.reset()
+                        self.watch.succeeded()
                     except StorageError as exc:
+                        self.watch.failed(exc)
                         wait = backoff.next()
                         log.warning(
                             "queue %s: the store failed (%s); retrying in %.1f s",
@@ -443,7 +383,7 @@ class Workers:
             with trio.CancelScope(shield=True):
                 await self._settle(state)
 
-    def _capacity(self, state: _QueueState) -> int:
+    def _capacity(self, state: QueueState) -> int:
         if state.paused or not self._intake:
             return 0
         config = state.config
@@ -457,7 +397,7 @@ class Workers:
             capacity = min(capacity, allowed)
         return max(capacity, 0)
 
-    async def _round(self, state: _QueueState) -> None:
+    async def _round(self, state: QueueState) -> None:
         """Store the successes since the last round and claim up to the free
         capacity, in one round trip each time, until the capacity is full or
         nothing more is due; then put the queue's one timer at its next due
@@ -516,7 +456,7 @@ class Workers:
                 await self._arm_next_due(state)
             self._poll_later(state, found=bool(claimed))
 
-    def _poll_later(self, state: _QueueState, *, found: bool) -> None:
+    def _poll_later(self, state: QueueState, *, found: bool) -> None:
         """A store shared by several processes that cannot wake us (SQLite)
         is asked again now and then, for jobs other processes enqueued: every
         second while there is work, backing off to half a minute when idle."""
@@ -525,7 +465,7 @@ class Workers:
         state.poll = _POLL_FIRST if found or not state.poll else min(state.poll * 2, _POLL_MAX)
         self._arm(state, trio.current_time() + state.poll, None)
 
-    async def _arm_next_due(self, state: _QueueState) -> None:
+    async def _arm_next_due(self, state: QueueState) -> None:
         due = await self.store.next_due(state.config.name)
         if due is not None:
             deadline = Clock.tick_deadline(self.clock.wall_to_tick(due))
@@ -536,7 +476,7 @@ class Workers:
             else:
                 self._arm(state, deadline, due)
 
-    async def _work(self, state: _QueueState, index: int) -> None:
+    async def _work(self, state: QueueState, index: int) -> None:
         """One worker: run jobs from the buffer until fewer workers than
         ``index + 1`` are wanted. The job's call runs under the worker's
         cancel scope (its timeout is the scope's deadline; `Run.cancel`
@@ -596,7 +536,7 @@ class Workers:
         finally:
             state.workers -= 1
 
-    async def _take(self, state: _QueueState, index: int) -> JobRecord | None:
+    async def _take(self, state: QueueState, index: int) -> JobRecord | None:
         """The next job of the buffer, waiting for one; None once this worker
         is no longer wanted."""
         while not state.buffer:
@@ -608,7 +548,7 @@ class Workers:
             return None
         return state.buffer.popleft()
 
-    def _done(self, state: _QueueState, run: Run, verdict: Verdict) -> None:
+    def _done(self, state: QueueState, run: Run, verdict: Verdict) -> None:
         job = run.job
         del state.running[job.id]
         if state.gauge is not None:
@@ -635,7 +575,7 @@ class Workers:
                 if job.id in done:
                     await self._events.publish("job.succeeded", job)
 
-    def _keep_completions(self, state: _QueueState, completed: list[JobRecord]) -> None:
+    def _keep_completions(self, state: QueueState, completed: list[JobRecord]) -> None:
         """The store failed: try the successes again next round, those whose
         lease is not over (the others will run again elsewhere)."""
         kept = []
@@ -652,13 +592,13 @@ class Workers:
                 )
         state.completed = kept + state.completed
 
-    def _give_back_buffer(self, state: _QueueState) -> None:
+    def _give_back_buffer(self, state: QueueState) -> None:
         if state.buffer:
             state.to_release += state.buffer
             state.buffer.clear()
         state.wake.set()
 
-    async def _give_back(self, state: _QueueState) -> None:
+    async def _give_back(self, state: QueueState) -> None:
         """Release the prefetched jobs of a paused or stopping queue, their
         attempts given back."""
         jobs, state.to_release = state.to_release, []
@@ -666,7 +606,7 @@ class Workers:
             for job in jobs:
                 await self.runner.release(job, timedelta(0))
 
-    async def _settle(self, state: _QueueState) -> None:
+    async def _settle(self, state: QueueState) -> None:
         """The queue stops serving: store its last successes and give its
         prefetched jobs back (shielded by the caller)."""
         self._give_back_buffer(state)
@@ -683,6 +623,7 @@ class Workers:
                         lease=self.lease,
                     )
                 except StorageError as exc:
+                    self.watch.failed(exc)
                     log.error(
                         "queue %s: could not store %d success(es) at stop (%s);"
                         " they will run again",
@@ -714,20 +655,20 @@ class Workers:
         if self.metrics is not None:
             self.metrics.counter("job_leases_lost").inc(len(job_ids))
 
-    def _check_idle(self, state: _QueueState) -> None:
+    def _check_idle(self, state: QueueState) -> None:
         if state.idle is not None and not state.busy:
             state.idle.set()
             state.idle = None
 
     # -- timers and wake-ups ------------------------------------------------------------
 
-    def _disarm(self, state: _QueueState) -> None:
+    def _disarm(self, state: QueueState) -> None:
         if state.timer is not None:
             self.scheduler.cancel_timer(state.timer)
             state.timer = None
             state.timer_at = math.inf
 
-    def _arm(self, state: _QueueState, deadline: float, due: datetime | None) -> None:
+    def _arm(self, state: QueueState, deadline: float, due: datetime | None) -> None:
         """Keep one wheel timer per queue, at the earliest thing it waits for."""
         if state.timer is not None and state.timer_at <= deadline:
             return

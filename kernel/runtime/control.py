@@ -292,24 +292,30 @@ class KernelControl:
         task: str | None = None,
         limit: int = 50,
         after_id: str | None = None,
+        payloads: bool = True,
     ) -> JobPage:
         """Up to ``limit`` jobs in id order after ``after_id``, filtered by
         ``state``, ``queue`` and ``task`` (a task filter reads at most
-        `SCAN_LIMIT` jobs per call; ``next_after`` then says where to go on)."""
+        `SCAN_LIMIT` jobs per call; ``next_after`` then says where to go on).
+        ``payloads=False`` leaves the arguments out (a listing that shows none)."""
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidJob("limit", limit, "must be an int from 1 to 1000")
         if after_id is not None:
             validate_job_id(after_id)
         store = self._queue().store
         if task is None:
-            page = await store.list_jobs(state=state, queue=queue, limit=limit, after_id=after_id)
+            page = await store.list_jobs(
+                state=state, queue=queue, limit=limit, after_id=after_id, payloads=payloads
+            )
             return JobPage(page, page[-1].id if len(page) == limit else None)
         found: list[JobRecord] = []
         scanned = 0
         cursor = after_id
         while scanned < SCAN_LIMIT:
             batch = min(MAX_LIST_LIMIT, 500)
-            page = await store.list_jobs(state=state, queue=queue, limit=batch, after_id=cursor)
+            page = await store.list_jobs(
+                state=state, queue=queue, limit=batch, after_id=cursor, payloads=payloads
+            )
             for record in page:
                 scanned += 1
                 cursor = record.id

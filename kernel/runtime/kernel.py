@@ -36,11 +36,13 @@ from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthTransition
 from kernel.observe.instrument import Instrumentation, PluginStep, checked_instrumentation
 from kernel.observe.metrics import Metrics
+from kernel.observe.storage_watch import StorageWatch
 from kernel.observe.watchdog import LoopWatchdog
 from kernel.ports import Bus, JobStore, Level, Notifier, Storage
 from kernel.runtime.discovery import open_bus, open_storage
 from kernel.runtime.plugins import Manifest, Plugin
 from kernel.runtime.supervisor import KernelServices, PluginState, PluginSupervisor
+from kernel.serialization import DEFAULT_MAX_PAYLOAD
 from kernel.storage.memory import MemoryJobStore
 from kernel.time.clock import Clock
 from kernel.time.scheduler import Scheduler
@@ -60,6 +62,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  #: bad configuration or arguments; nothing was started
     FORCED = 3  #: a second signal, or a plugin outlived its grace period
     PLUGIN_FAILED = 4  #: a plugin was disabled after crashing past its restart budget
+    STORAGE_FAILED = 5  #: the store failed past ``storage_failure_limit``, or was lost
 
 
 @attrs.frozen
@@ -139,6 +142,13 @@ class Kernel:
     ``unknown_task_grace`` how long a task may stay unknown before its jobs
     are buried, ``job_lease`` and ``job_heartbeat`` how long a claimed job
     is ours without a renewal and how often leases are renewed (`JobQueue`).
+    ``storage_failure_limit`` is how many seconds the store may fail with no
+    call succeeding before `serve` stops with `ExitCode.STORAGE_FAILED` (also
+    at once when the store is lost: its SQLite file deleted or replaced);
+    None never stops. ``exit_when_all_failed`` makes `serve` stop (exit 4)
+    once every plugin not disabled has failed past its restart budget.
+    The runner turns both on (docs/configuration.md). ``max_payload_bytes``
+    caps a job's arguments, as JSON (None: no cap).
     """
 
     def __init__(
@@ -157,6 +167,9 @@ class Kernel:
         unknown_task_grace: timedelta = UNKNOWN_TASK_GRACE,
         job_lease: timedelta = timedelta(seconds=30),
         job_heartbeat: timedelta = timedelta(seconds=10),
+        storage_failure_limit: float | None = None,
+        exit_when_all_failed: bool = False,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.specs = [p if isinstance(p, PluginSpec) else PluginSpec(p) for p in plugins]
         self.metrics = Metrics()
@@ -170,6 +183,11 @@ class Kernel:
         self._health_interval = health_interval
         self._unknown_task_grace = unknown_task_grace
         self._lease = (job_lease, job_heartbeat)
+        self._storage_failure_limit = storage_failure_limit
+        self._exit_when_all_failed = exit_when_all_failed
+        self._max_payload_bytes = max_payload_bytes
+        self.storage_watch: StorageWatch | None = None
+        self._started = False  # every plugin has been started once
         self.watchdog = (
             None
             if loop_stall is None
@@ -266,6 +284,8 @@ class Kernel:
             scheduler = Scheduler(self._clock)
             scheduler.instrument(self._instrumentation)
             await nursery.start(scheduler.run)
+            watch = self.storage_watch = self._watch_storage(storage, jobs)
+            self.health.register("storage", watch.check)
             queue = JobQueue(
                 jobs,
                 scheduler,
@@ -274,6 +294,8 @@ class Kernel:
                 unknown_task_grace=self._unknown_task_grace,
                 lease=self._lease[0],
                 heartbeat=self._lease[1],
+                watch=watch,
+                max_payload_bytes=self._max_payload_bytes,
             )
             queue.instrument(self._instrumentation)
             await nursery.start(queue.run)
@@ -299,6 +321,8 @@ class Kernel:
             await nursery.start(self.health.run, self._health_interval)
             for name in self._order:
                 await self._start_plugin(name)
+            self._started = True
+            self._stop_if_all_failed()
         except BaseException as exc:
             self._stack = None
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -328,6 +352,20 @@ class Kernel:
             self._services = None
         nursery.cancel_scope.cancel()
         return await stack.__aexit__(exc_type, exc, tb)
+
+    def _watch_storage(self, storage: Storage, jobs: JobStore) -> StorageWatch:
+        """The store's health: real calls' outcomes, and as a probe a read
+        of the key-value store and one of the job store (an index walk)."""
+
+        async def probe() -> None:
+            await storage.get(STATE_NAMESPACE, "probe")
+            await jobs.next_due()
+
+        return StorageWatch(probe, limit=self._storage_failure_limit, on_limit=self._storage_failed)
+
+    def _storage_failed(self, reason: str) -> None:
+        self.exit_code = max(self.exit_code, ExitCode.STORAGE_FAILED)
+        self.request_stop()
 
     def _jobs_running(self) -> list[str]:
         """What runs on the loop now, for the watchdog (read from its thread)."""
@@ -431,17 +469,21 @@ class Kernel:
     async def _install(self, supervisor: PluginSupervisor) -> None:
         services = self._require_services()
         async with trio.open_nursery() as nursery:
-            ctx = services.plugin_context(
+            start = services.plugin_start(
                 supervisor.name, supervisor.manifest, supervisor.config, nursery
             )
-            with supervisor.step(PluginStep.INSTALL):
-                await supervisor.plugin.on_install(ctx)
+            try:
+                with supervisor.step(PluginStep.INSTALL):
+                    await supervisor.plugin.on_install(start.ctx)
+            finally:
+                start.close()
             nursery.cancel_scope.cancel()
         await self._record_state(supervisor.name, PluginState.INSTALLED, "installed")
 
     async def _record_state(self, name: str, state: PluginState, reason: str) -> None:
         if state is PluginState.FAILED:
             self.exit_code = max(self.exit_code, ExitCode.PLUGIN_FAILED)
+            self._stop_if_all_failed()
         services = self._require_services()
         await services.storage.put(
             STATE_NAMESPACE,
@@ -453,6 +495,20 @@ class Kernel:
                 "changed_at": services.scheduler.clock.now().isoformat(),
             },
         )
+
+    def _stop_if_all_failed(self) -> None:
+        if not (self._exit_when_all_failed and self._started) or self._stop_requested.is_set():
+            return
+        states = [
+            supervisor.state
+            for supervisor in self._supervisors.values()
+            if supervisor.state is not PluginState.DISABLED
+        ]
+        if states and all(state is PluginState.FAILED for state in states):
+            log.error(
+                "every plugin has failed (%s): stopping", ", ".join(sorted(self._supervisors))
+            )
+            self.request_stop()
 
     async def _on_health_transition(self, transition: HealthTransition) -> None:
         level = Level.info if transition.is_recovery else Level.warning

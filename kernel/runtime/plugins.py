@@ -33,6 +33,8 @@ from kernel.notifier.context import notification_context
 from kernel.observe.metrics import MetricsView
 from kernel.ports import JSON, Bus, JSONLike, Level, Message, Notifier, Storage
 from kernel.resilience.retry import RetryPolicy
+from kernel.runtime.permissions import Permission
+from kernel.runtime.plugin_queue import PluginQueue
 from kernel.time.policies import MisfirePolicy, OverlapPolicy
 from kernel.time.scheduler import Schedule, Scheduler
 from kernel.time.triggers import Trigger
@@ -48,6 +50,7 @@ __all__ = [
     "Permission",
     "Plugin",
     "PluginContext",
+    "PluginStart",
     "PluginStorage",
     "Restart",
     "RestartIntensity",
@@ -56,20 +59,10 @@ __all__ = [
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 #: How many jobs of one plugin's queue run at once unless it configures its
-#: queue (``ctx.queue.configure(ctx.name, concurrency=...)``).
+#: queue (``ctx.queue.configure(concurrency=...)``).
 _DEFAULT_CONCURRENCY = 4
 
 _RUN_ONCE = RetryPolicy(max_attempts=1)
-
-
-class Permission(enum.Enum):
-    """A capability a plugin must ask for in its manifest."""
-
-    STORAGE_READ = "storage-read"
-    STORAGE_WRITE = "storage-write"
-    BUS_PUBLISH = "bus-publish"
-    BUS_SUBSCRIBE = "bus-subscribe"
-    NOTIFICATIONS = "notifications"
 
 
 class Restart(enum.Enum):
@@ -200,8 +193,17 @@ class PluginStorage:
 MessageHandler = Callable[[Message], Awaitable[None]]
 
 
+@attrs.define(eq=False)
+class _Belongings:
+    """What one start of a plugin made, for the supervisor to pause and end."""
+
+    schedules: list[Schedule] = attrs.field(factory=list)
+    intake: list[trio.CancelScope] = attrs.field(factory=list)  # subscriptions
+
+
 class PluginContext:
-    """What one start of a plugin may use; see the module docstring."""
+    """What one start of a plugin may use; see the module docstring. The
+    supervisor ends the start through `PluginStart`, never through this."""
 
     def __init__(
         self,
@@ -215,7 +217,8 @@ class PluginContext:
         notifier: Notifier,
         metrics: MetricsView,
         nursery: trio.Nursery,
-        queue: JobQueue | None = None,
+        queue: PluginQueue | None = None,
+        belongings: _Belongings | None = None,
     ) -> None:
         self.name = name
         self.manifest = manifest
@@ -228,15 +231,8 @@ class PluginContext:
         self._bus = bus
         self._notifier = notifier
         self._nursery = nursery
-        self._schedules: list[Schedule] = []
-        self._intake: list[trio.CancelScope] = []
+        self._owned = belongings if belongings is not None else _Belongings()
         self._queue = queue
-        self._tasks: list[str] = []
-        if queue is not None:
-            queue.configure(name, concurrency=_DEFAULT_CONCURRENCY)
-            # paused until `on_enable` has returned (`start_intake`): a job of
-            # a task the plugin registers there must not be claimed before
-            queue.pause(name)
 
     def require(self, permission: Permission) -> None:
         """Raise `PermissionDenied` unless the manifest grants ``permission``."""
@@ -266,7 +262,9 @@ class PluginContext:
         once across every kernel sharing the storage; ``overlap`` is then
         ``SkipIfRunning()`` or ``AllowOverlap()``. Without ``retry`` a failed
         run is not retried: the next slot is its retry."""
-        label = name or getattr(func, "__name__", None) or f"schedule-{len(self._schedules) + 1}"
+        label = (
+            name or getattr(func, "__name__", None) or f"schedule-{len(self._owned.schedules) + 1}"
+        )
         runs = self.metrics.histogram("schedule_run_seconds", schedule=label)
         failures = self.metrics.counter("schedule_failures", schedule=label)
         log = self.log
@@ -296,10 +294,10 @@ class PluginContext:
             )
         else:
             task = self.register_task(label, timed_run, retry=retry or _RUN_ONCE, timeout=timeout)
-            schedule = self._queue.add_schedule(
-                task, trigger, name=f"{self.name}/{label}", misfire=misfire, overlap=overlap
+            return self._queue.add_schedule(
+                task, trigger, name=label, misfire=misfire, overlap=overlap
             )
-        self._schedules.append(schedule)
+        self._owned.schedules.append(schedule)
         return schedule
 
     async def sleep(self, seconds: float) -> None:
@@ -318,8 +316,9 @@ class PluginContext:
     # -- jobs ---------------------------------------------------------------------
 
     @property
-    def queue(self) -> JobQueue:
-        """The kernel's job queue (`RuntimeError` outside a kernel)."""
+    def queue(self) -> PluginQueue:
+        """The plugin's handle on jobs (`PluginQueue`: its own queue, and
+        more as its permissions say); `RuntimeError` outside a kernel."""
         if self._queue is None:
             raise RuntimeError(f"plugin {self.name!r} runs without the kernel's job queue")
         return self._queue
@@ -336,17 +335,13 @@ class PluginContext:
         """Register ``func`` as the task ``<plugin>.<name>`` in the plugin's
         queue (named after the plugin), for this start; returns the task's
         full name. ``options`` are `JobQueue.register`'s (breaker,
-        rate_limit). While the plugin is stopped its jobs wait."""
-        full = f"{self.name}.{name}"
-        self.queue.register(full, func, queue=self.name, retry=retry, timeout=timeout, **options)
-        self._tasks.append(full)
-        return full
+        rate_limit, blocking). While the plugin is stopped its jobs wait."""
+        return self.queue.register(name, func, retry=retry, timeout=timeout, **options)
 
     async def enqueue(self, task: str, *args: Any, **options: Any) -> JobRecord:
-        """Enqueue a job of this plugin's task ``task`` (or of any task by its
-        full name); ``options`` are `JobQueue.enqueue`'s."""
-        own = f"{self.name}.{task}"
-        return await self.queue.enqueue(own if own in self._tasks else task, *args, **options)
+        """Enqueue a job of this plugin's task ``task`` (`PluginQueue.enqueue`:
+        another plugin's task, by its full name, needs ``jobs``)."""
+        return await self.queue.enqueue(task, *args, **options)
 
     # -- bus ----------------------------------------------------------------------
 
@@ -364,7 +359,7 @@ class PluginContext:
         returned scope to unsubscribe."""
         self.require(Permission.BUS_SUBSCRIBE)
         scope = trio.CancelScope()
-        self._intake.append(scope)
+        self._owned.intake.append(scope)
         handled = self.metrics.histogram("message_handler_seconds", pattern=pattern)
 
         async def pump(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -385,10 +380,56 @@ class PluginContext:
         with self._timed("notifier", "notify"), notification_context("plugin", plugin=self.name):
             await self._notifier.notify(f"[{self.name}] {title}", message, level)
 
-    # -- for the supervisor (at a stop) -----------------------------------------
-
     def _timed(self, port: str, operation: str) -> Any:
         return self.metrics.histogram("adapter_call_seconds", port=port, operation=operation).time()
+
+
+class PluginStart:
+    """One start of a plugin as its supervisor drives it: the `PluginContext`
+    handed to the plugin, and the means to open, pause and end what that
+    start made. Apart from the context, so a plugin cannot end its own start
+    (or another's) through what it is given."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        manifest: Manifest,
+        config: Any,
+        scheduler: Scheduler,
+        storage: Storage,
+        bus: Bus,
+        notifier: Notifier,
+        metrics: MetricsView,
+        nursery: trio.Nursery,
+        queue: JobQueue | None = None,
+    ) -> None:
+        self.name = name
+        self._owned = _Belongings()
+        self._queue = queue
+        self._jobs = (
+            PluginQueue(queue, name, manifest.permissions, self._owned.schedules)
+            if queue is not None
+            else None
+        )
+        self.ctx = PluginContext(
+            name=name,
+            manifest=manifest,
+            config=config,
+            scheduler=scheduler,
+            storage=storage,
+            bus=bus,
+            notifier=notifier,
+            metrics=metrics,
+            nursery=nursery,
+            queue=self._jobs,
+            belongings=self._owned,
+        )
+        if queue is not None:
+            queue.configure(name, concurrency=_DEFAULT_CONCURRENCY)
+            # paused until `on_enable` has returned (`start_intake`): a job of
+            # a task the plugin registers there must not be claimed before
+            queue.pause(name)
 
     def start_intake(self) -> None:
         """``on_enable`` returned: the plugin's queue is claimed from."""
@@ -397,9 +438,9 @@ class PluginContext:
 
     def stop_intake(self) -> None:
         """No new runs, jobs or messages; runs in progress go on."""
-        for schedule in self._schedules:
+        for schedule in self._owned.schedules:
             schedule.pause()
-        for scope in self._intake:
+        for scope in self._owned.intake:
             scope.cancel()
         if self._queue is not None:
             self._queue.pause(self.name)
@@ -407,15 +448,14 @@ class PluginContext:
     def close(self) -> None:
         """The start is over: its schedules and tasks are gone for good, and
         jobs still running are interrupted and put back (attempt refunded)."""
-        for schedule in self._schedules:
+        for schedule in self._owned.schedules:
             schedule.cancel()
-        if self._queue is not None:
+        if self._queue is not None and self._jobs is not None:
             self._queue.interrupt(self.name)
-            for task in self._tasks:
-                self._queue.unregister(task)
+            self._jobs.unregister_all()
 
     async def wait_runs_done(self) -> None:
-        for schedule in self._schedules:
+        for schedule in self._owned.schedules:
             await schedule.wait_idle()
         if self._queue is not None:
             await self._queue.wait_idle(self.name)

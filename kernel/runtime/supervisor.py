@@ -33,7 +33,14 @@ from kernel.observe.health import HealthMonitor, HealthReport, Status
 from kernel.observe.instrument import Instrumentation, PluginStep
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
-from kernel.runtime.plugins import Manifest, Plugin, PluginContext, Restart, RestartIntensity
+from kernel.runtime.plugins import (
+    Manifest,
+    Plugin,
+    PluginContext,
+    PluginStart,
+    Restart,
+    RestartIntensity,
+)
 from kernel.time.scheduler import Scheduler
 
 __all__ = ["KernelServices", "PluginState", "PluginSupervisor", "RestartBudget", "should_restart"]
@@ -93,11 +100,11 @@ class KernelServices:
     queue: JobQueue | None = None
     instrumentation: Instrumentation | None = None
 
-    def plugin_context(
+    def plugin_start(
         self, name: str, manifest: Manifest, config: Any, nursery: trio.Nursery
-    ) -> PluginContext:
-        """The context for one start (or the install) of plugin ``name``."""
-        return PluginContext(
+    ) -> PluginStart:
+        """One start (or the install) of plugin ``name``, with its context."""
+        return PluginStart(
             name=name,
             manifest=manifest,
             config=config,
@@ -133,7 +140,7 @@ class PluginSupervisor:
         self._services = services
         self._stop_requested = False
         self._remember_stop = True
-        self._ctx: PluginContext | None = None
+        self._start: PluginStart | None = None
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self._reported = False
@@ -221,31 +228,33 @@ class PluginSupervisor:
     @property
     def context(self) -> PluginContext | None:
         """The running start's context (for tests and the status API)."""
-        return self._ctx if self.state is PluginState.ENABLED else None
+        start = self._start
+        return start.ctx if start is not None and self.state is PluginState.ENABLED else None
 
     # -- one start ---------------------------------------------------------------
 
     async def _start_once(self, report: Callable[[], None]) -> _Outcome:
         services = self._services
         async with trio.open_nursery() as nursery:
-            ctx = services.plugin_context(self.name, self.manifest, self.config, nursery)
-            self._ctx = ctx
+            start = services.plugin_start(self.name, self.manifest, self.config, nursery)
+            self._start = start
             try:
-                return await self._watch(ctx, nursery, report)
+                return await self._watch(start, nursery, report)
             finally:
-                ctx.close()
+                start.close()
 
     async def _watch(
-        self, ctx: PluginContext, nursery: trio.Nursery, report: Callable[[], None]
+        self, start: PluginStart, nursery: trio.Nursery, report: Callable[[], None]
     ) -> _Outcome:
         services = self._services
+        ctx = start.ctx
         try:
             with self.step(PluginStep.ENABLE), trio.fail_after(services.enable_timeout):
                 await self.plugin.on_enable(ctx)
         except trio.TooSlowError:
             raise TimeoutError(f"on_enable took longer than {services.enable_timeout:g}s") from None
         await self._set_state(PluginState.ENABLED, "enabled")
-        ctx.start_intake()  # its jobs are claimed only now that its tasks are registered
+        start.start_intake()  # its jobs are claimed only now that its tasks are registered
         report()
         health = getattr(self.plugin, "health", None)
         if health is not None:
@@ -264,21 +273,21 @@ class PluginSupervisor:
                 nursery.start_soon(run_body, name=f"{self.name}: run")
             await self._wake.wait()
             with self.step(PluginStep.DISABLE):
-                await self._stop_gracefully(ctx)
+                await self._stop_gracefully(start)
         finally:
             services.health.unregister(self.name)
         nursery.cancel_scope.cancel()
         return _Outcome.EXITED if exited and not self._stop_requested else _Outcome.STOPPED
 
-    async def _stop_gracefully(self, ctx: PluginContext) -> None:
-        ctx.stop_intake()
+    async def _stop_gracefully(self, start: PluginStart) -> None:
+        start.stop_intake()
         grace = self._services.shutdown_grace
         with trio.move_on_after(grace) as waited:
             try:
-                await self.plugin.on_disable(ctx)
+                await self.plugin.on_disable(start.ctx)
             except Exception:
                 log.exception("plugin %r: on_disable failed", self.name)
-            await ctx.wait_runs_done()
+            await start.wait_runs_done()
         self.forced_stop = waited.cancelled_caught
         if self.forced_stop:
             log.warning("plugin %r did not stop within %gs; cancelling it", self.name, grace)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import attrs
 
-from kernel import Every, Manifest, Plugin, PluginContext
+from kernel import Every, Manifest, Plugin, PluginContext, RestartIntensity
 
 
 @attrs.frozen
@@ -32,3 +32,15 @@ class Ticker(Plugin):
 
 class NotAPlugin:
     pass
+
+
+class Crasher(Plugin):
+    """Crashes at every start: one restart, then it is given up on."""
+
+    manifest = Manifest(
+        "crasher",
+        intensity=RestartIntensity(max_restarts=1, period=60, backoff_initial=0.05),
+    )
+
+    async def on_enable(self, ctx: PluginContext) -> None:
+        raise RuntimeError("cannot start: the disk is full")

@@ -145,7 +145,7 @@ def dashboard_routes(ctx: HttpContext) -> list[BaseRoute]:
             after = None
         try:
             found = await control.jobs(
-                state=state, queue=queue, task=task, limit=50, after_id=after
+                state=state, queue=queue, task=task, limit=50, after_id=after, payloads=False
             )
         except KernelError as error:
             return unavailable(request, error)
@@ -197,7 +197,9 @@ def dashboard_routes(ctx: HttpContext) -> list[BaseRoute]:
         if after is not None and not _JOB_ID.fullmatch(after):
             after = None
         try:
-            found = await control.jobs(state=JobState.dead, limit=50, after_id=after)
+            found = await control.jobs(
+                state=JobState.dead, limit=50, after_id=after, payloads=False
+            )
         except (KernelNotRunning, StorageError) as error:
             return unavailable(request, error)
         next_link = None if found.next_after is None else f"/ui/dead?after={found.next_after}"

@@ -58,7 +58,10 @@ _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",",
 
 
 def _fresh(record: JobRecord) -> JobRecord:
-    """A copy of a stored record to hand out: its JSON is the caller's own."""
+    """A copy of a stored record to hand out: its JSON is the caller's own.
+    A record without JSON is shared as it is (frozen, nothing to mutate)."""
+    if not (record.args or record.kwargs or record.headers) and record.retry is None:
+        return record
     return derive_record(
         record,
         {

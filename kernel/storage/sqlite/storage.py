@@ -59,6 +59,7 @@ import trio
 from kernel.errors import (
     StorageClosed,
     StorageError,
+    StorageLost,
 )
 from kernel.jobs.record import JobRecord, JobState, validate_state
 from kernel.ports import JSON, JobStore, JSONLike, Storage, copy_json
@@ -157,6 +158,9 @@ class SQLiteStorage:
     _connection: sqlite3.Connection | None = attrs.field(alias="connection")
     busy_timeout: float = 5.0
     """Seconds a statement waits for another process's write lock."""
+    _identity: tuple[int, int] | None = attrs.field(default=None, alias="identity")
+    """(device, inode) of the file when opened; None in memory."""
+    _lost: str | None = attrs.field(default=None, init=False)
     _lease_connections: threading.local = attrs.field(factory=threading.local, init=False)
     _limiter: trio.CapacityLimiter = attrs.field(
         factory=lambda: trio.CapacityLimiter(1), init=False
@@ -195,7 +199,11 @@ class SQLiteStorage:
         connection, location = await trio.to_thread.run_sync(
             connect, path, synchronous, busy_timeout
         )
-        return cls(location, connection=connection, busy_timeout=busy_timeout)
+        identity = None
+        if location != MEMORY:
+            found = os.stat(location)
+            identity = (found.st_dev, found.st_ino)
+        return cls(location, connection=connection, busy_timeout=busy_timeout, identity=identity)
 
     async def __aenter__(self) -> SQLiteStorage:
         return self
@@ -215,10 +223,32 @@ class SQLiteStorage:
             raise StorageClosed(f"the SQLite storage {self.location} is closed")
         return await trio.to_thread.run_sync(self._run, work, limiter=self._limiter)
 
+    def _check_identity(self) -> None:
+        """Raise `StorageLost` once the file at our path is not the one we
+        opened (deleted, or replaced by a restore): the connection would go
+        on writing to a file nobody will ever open again. A stat per call,
+        on the worker thread."""
+        if self._lost is None and self._identity is not None:
+            try:
+                found = os.stat(self.location)
+            except FileNotFoundError:
+                self._lost = "was deleted"
+            except OSError:
+                return  # cannot tell (permissions...): not a proof
+            else:
+                if (found.st_dev, found.st_ino) != self._identity:
+                    self._lost = "was replaced by another file"
+        if self._lost is not None:
+            raise StorageLost(
+                f"SQLite database {self.location} {self._lost} while this kernel was using it;"
+                " nothing written from now on would be kept: restart the kernel"
+            )
+
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         connection = self._connection
         if connection is None:
             raise StorageClosed(f"the SQLite storage {self.location} is closed")
+        self._check_identity()
         try:
             return work(connection)
         except sqlite3.Error as error:
@@ -411,6 +441,7 @@ class SQLiteStorage:
             raise StorageClosed(f"the SQLite storage {self.location} is closed")
         if self.location == MEMORY:
             return set(ids)
+        self._check_identity()
         connection: sqlite3.Connection | None = getattr(self._lease_connections, "connection", None)
         try:
             if connection is None:
