@@ -24,6 +24,13 @@ from kernel.jobs.queue import JobQueue
 from kernel.jobs.rate import RateLimit
 from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthReport, HealthTransition, Status
+from kernel.observe.instrument import (
+    AttemptObserver,
+    AttemptOutcome,
+    AttemptResult,
+    Instrumentation,
+    PluginStep,
+)
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, JobRecord, JobState, Level, Message, Notifier, Storage
 from kernel.resilience.breaker import BreakerState, CircuitBreaker
@@ -66,6 +73,9 @@ __all__ = [
     "AnyOf",
     "AsyncioHandle",
     "At",
+    "AttemptObserver",
+    "AttemptOutcome",
+    "AttemptResult",
     "BreakerState",
     "Bus",
     "CancelRunning",
@@ -83,6 +93,7 @@ __all__ = [
     "HealthMonitor",
     "HealthReport",
     "HealthTransition",
+    "Instrumentation",
     "Jitter",
     "JobPage",
     "JobQueue",
@@ -110,6 +121,7 @@ __all__ = [
     "PluginSpec",
     "PluginState",
     "PluginStateError",
+    "PluginStep",
     "QueueOne",
     "RateLimit",
     "Restart",

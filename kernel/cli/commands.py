@@ -273,7 +273,8 @@ def run_command(config_path: str, log_level: str | None, stop_after: float | Non
     """Run the plugins of CONFIG.toml until SIGINT or SIGTERM.
 
     Top-level tables other than [kernel] and [plugins] configure installed
-    contribs, which run beside the kernel ([http]: trio-kernel-http).
+    contribs, which run beside the kernel ([http]: trio-kernel-http, [otel]:
+    trio-kernel-otel).
 
     Exit codes: 0 stopped cleanly; 1 the kernel failed; 2 bad configuration;
     3 a second signal or a plugin past its grace period; 4 a plugin failed

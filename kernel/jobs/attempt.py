@@ -48,6 +48,12 @@ from kernel.jobs.events import JobEvents
 from kernel.jobs.leases import LeaseKeeper
 from kernel.jobs.record import JobRecord
 from kernel.jobs.registry import TaskRegistry, TaskSpec
+from kernel.observe.instrument import (
+    AttemptObserver,
+    AttemptOutcome,
+    AttemptResult,
+    Instrumentation,
+)
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
@@ -119,6 +125,8 @@ class Plan:
     stats: ScheduleStats | None
     metrics: _TaskMetrics | None
     started: float = 0.0
+    observer: AttemptObserver | None = None  # with an instrumentation only
+    run: Run | None = None  # with an instrumentation only
 
 
 @attrs.define(eq=False)
@@ -158,6 +166,7 @@ class JobRunner:
         self._stats_of = stats_of
         self._unknown: dict[str, _Unknown] = {}
         self._task_metrics: dict[str, _TaskMetrics] = {}
+        self.instrumentation: Instrumentation | None = None
 
     # -- one attempt -------------------------------------------------------------
 
@@ -206,11 +215,17 @@ class JobRunner:
         if stats is not None:
             stats.started += 1
         timeout = job.timeout if job.timeout is not None else spec.timeout
-        return Plan(spec, args, kwargs, policy, timeout, stats, task_metrics)
+        plan = Plan(spec, args, kwargs, policy, timeout, stats, task_metrics)
+        if self.instrumentation is not None:
+            plan.observer = self.instrumentation.attempt(job)
+            plan.run = run
+        return plan
 
     async def call(self, plan: Plan) -> None:
         """The call itself: run under the worker's cancel scope, which carries
         the timeout and a cancellation (`Run.cancel`)."""
+        if plan.observer is not None:
+            return await self._observed_call(plan, plan.observer)
         plan.started = trio.current_time()
         spec = plan.spec
         if spec.blocking:
@@ -221,6 +236,26 @@ class JobRunner:
             result = spec.func(*plan.args, **plan.kwargs)
         if inspect.isawaitable(result):
             await result
+
+    async def _observed_call(self, plan: Plan, observer: AttemptObserver) -> None:
+        """`call` with the attempt's context current (a ``blocking`` task's
+        thread gets a copy of it): `call` again, the observer set aside
+        meanwhile, so the plain path stays as it is. A cancellation that is
+        not the worker's own (its scope: a timeout, `Run.cancel`) tears the
+        queue down past every grace: `finish` will not run, so the attempt
+        ends here, put back as the worker's last act puts it back."""
+        plan.observer = None
+        try:
+            with observer.running():
+                await self.call(plan)
+        except BaseException as exc:
+            scope = None if plan.run is None else plan.run.scope
+            if not isinstance(exc, Exception) and (scope is None or not scope.cancel_called):
+                observer.finished(AttemptOutcome(AttemptResult.RELEASED))
+                raise
+            plan.observer = observer
+            raise
+        plan.observer = observer
 
     async def finish(
         self, run: Run, plan: Plan, error: BaseException | None, *, cut_short: bool
@@ -236,11 +271,13 @@ class JobRunner:
         interrupted = run.release or run.lost
         timeout = plan.timeout
         overran = timeout is not None and (cut_short or elapsed > timeout)
+        timed_out = False
         if overran and not interrupted and error is None:
             # cut short at the deadline, or it could not be cancelled and ran
             # over (a thread it did not let be abandoned): timed out either way
             assert timeout is not None
             error = JobTimedOut(job.id, job.task, timeout)
+            timed_out = True
             if elapsed > timeout + max(0.05, timeout / 10):  # it could not be cut short
                 error.add_note(_overran(plan.spec, elapsed, timeout))
         stats = plan.stats
@@ -251,15 +288,23 @@ class JobRunner:
                 stats.succeeded += 1
             else:
                 stats.failed += 1
+        observer = plan.observer
         if interrupted:
             if breaker is not None:
                 breaker.release()
             if run.release:  # a stop: not the job's fault
-                return await self.release(job, timedelta(0))
+                released = await self.release(job, timedelta(0))
+                if observer is not None:
+                    observer.finished(AttemptOutcome(AttemptResult.RELEASED))
+                return released
+            if observer is not None:
+                observer.finished(AttemptOutcome(AttemptResult.CANCELLED))
             return Verdict.DROPPED  # cancelled, or the lease was lost: the store says so
         if error is None:
             if breaker is not None:
                 breaker.record_success()
+            if observer is not None:
+                observer.finished(AttemptOutcome(AttemptResult.SUCCEEDED))
             return Verdict.SUCCEEDED
         if breaker is not None:
             verdict = breaker.is_failure(error)
@@ -269,7 +314,7 @@ class JobRunner:
                 breaker.record_failure()
             else:
                 breaker.record_success()
-        return await self._failed(job, plan.policy, error)
+        return await self._failed(job, plan.policy, error, observer, timed_out)
 
     def _policy(self, job: JobRecord, spec: TaskSpec | None) -> RetryPolicy:
         if job.retry is not None:
@@ -278,28 +323,44 @@ class JobRunner:
             return spec.retry
         return _DEFAULT_POLICY
 
-    async def _failed(self, job: JobRecord, policy: RetryPolicy, error: BaseException) -> Verdict:
+    async def _failed(
+        self,
+        job: JobRecord,
+        policy: RetryPolicy,
+        error: BaseException,
+        observer: AttemptObserver | None,
+        timed_out: bool,
+    ) -> Verdict:
         if self.metrics is not None:
             self.metrics.counter("job_failures", task=job.task).inc()
         decision = policy.decide(job.attempts, error)
         if decision.outcome is Outcome.RETRY:
             now = self.scheduler.clock.now()
-            run_at = now + policy.delay(job.attempts, self.rng, error)
+            delay = policy.delay(job.attempts, self.rng, error)
+            run_at = now + delay
             text = f"{decision.reason}\n{_format(error)}"
-            if await self.record(
+            stored = await self.record(
                 job,
                 "retry",
                 lambda: self.store.retry_later(
                     job.id, worker=self.worker, error=text, run_at=run_at
                 ),
-            ):
+            )
+            if observer is not None:
+                observer.finished(
+                    AttemptOutcome(AttemptResult.RETRY, error, delay, timed_out=timed_out)
+                )
+            if stored:
                 if self.metrics is not None:
                     self.metrics.counter("job_retries", task=job.task).inc()
                 if self.events.wants("job.retrying"):
                     await self.events.publish("job.retrying", job, error=str(error), run_at=run_at)
             return Verdict.RECORDED
         if decision.outcome is Outcome.GIVE_UP:
-            return await self.bury(job, decision.reason, error)
+            buried = await self.bury(job, decision.reason, error)
+            if observer is not None:
+                observer.finished(AttemptOutcome(AttemptResult.DEAD, error, timed_out=timed_out))
+            return buried
         return await self.release(job, timedelta(0))  # pragma: no cover - handled above
 
     # -- outcomes ---------------------------------------------------------------------

@@ -23,10 +23,12 @@ import trio
 
 from kernel.errors import InvalidJob, StorageError
 from kernel.jobs._checks import utc_datetime, validate_name
+from kernel.jobs._observed import enqueue_observed
 from kernel.jobs.events import JobEvents
 from kernel.jobs.record import JobRecord, clone_json, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry
 from kernel.jobs.workers import Workers
+from kernel.observe.instrument import Instrumentation
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JobStore
@@ -92,6 +94,7 @@ class ScheduleFeeder:
         self._restoring: list[_QueuedSchedule] = []
         self._feed = trio.Event()
         self._stopped = False
+        self.instrumentation: Instrumentation | None = None  # set by `JobQueue.instrument`
 
     def add(
         self,
@@ -202,7 +205,12 @@ class ScheduleFeeder:
         last: dict[str, datetime] = {}
         while self._fired:
             job = self._fired[0]
-            stored, created = await self._store.enqueue(job)
+            instrumentation = self.instrumentation
+            if instrumentation is None:
+                stored, created = await self._store.enqueue(job)
+            else:
+                with instrumentation.schedule_fire(job.schedule or "", job.fire_time):
+                    stored, created = await enqueue_observed(self._store, job, instrumentation)
             self._fired.popleft()
             if job.schedule is not None and job.fire_time is not None:
                 previous = last.get(job.schedule)

@@ -26,6 +26,7 @@ import trio
 
 from kernel.errors import InvalidJob
 from kernel.jobs._checks import utc_datetime, validate_name
+from kernel.jobs._observed import enqueue_observed
 from kernel.jobs.attempt import UNKNOWN_TASK_GRACE
 from kernel.jobs.events import JobEvents
 from kernel.jobs.feeder import ScheduleFeeder
@@ -34,6 +35,7 @@ from kernel.jobs.rate import RateLimit
 from kernel.jobs.record import JobRecord, JobState, check_fields, derive_record, new_job_id
 from kernel.jobs.registry import TaskRegistry, TaskSpec, positive_seconds
 from kernel.jobs.workers import Workers
+from kernel.observe.instrument import Instrumentation, checked_instrumentation
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, Bus, JobStore
@@ -131,10 +133,24 @@ class JobQueue:
             max_payload_bytes=max_payload_bytes,
         )
         self._running = False
+        self._instrumentation: Instrumentation | None = None
 
     @property
     def clock(self) -> Clock:
         return self.scheduler.clock
+
+    @property
+    def instrumentation(self) -> Instrumentation | None:
+        return self._instrumentation
+
+    def instrument(self, instrumentation: Instrumentation | None) -> None:
+        """Report enqueues, attempts and schedule fires to
+        ``instrumentation`` (`kernel.observe.instrument`), from now on; None
+        stops it. A `Kernel` does this for its queue (`Kernel.instrument`)."""
+        instrumentation = checked_instrumentation(instrumentation)
+        self._instrumentation = instrumentation
+        self._workers.runner.instrumentation = instrumentation
+        self._feeder.instrumentation = instrumentation
 
     # -- registry ------------------------------------------------------------
 
@@ -391,7 +407,11 @@ class JobQueue:
             changes.update(check_fields(**given))
         record = derive_record(self._registry.template(spec.name), changes)
         self._workers.ensure(record.queue)  # a new queue gets a worker before the job exists
-        stored, created = await self.store.enqueue(record)
+        instrumentation = self._instrumentation
+        if instrumentation is None:
+            stored, created = await self.store.enqueue(record)
+        else:
+            stored, created = await enqueue_observed(self.store, record, instrumentation)
         if created:
             self._workers.enqueued(stored.queue, stored.run_at)
             if self._events.wants("job.enqueued"):

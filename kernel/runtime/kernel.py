@@ -34,6 +34,7 @@ from kernel.notifier.context import notification_context
 from kernel.notifier.fanout import FanoutNotifier, open_fanout_notifier
 from kernel.notifier.routing import NotifyRoute
 from kernel.observe.health import HealthMonitor, HealthTransition
+from kernel.observe.instrument import Instrumentation, PluginStep, checked_instrumentation
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.observe.watchdog import LoopWatchdog
@@ -203,6 +204,7 @@ class Kernel:
         self._stop_requested = trio.Event()
         self._specs = {spec.instance_name: spec for spec in self.specs}
         self._configs: dict[str, Any] = {}
+        self._instrumentation: Instrumentation | None = None
         self._validate()
 
     # -- the plugins --------------------------------------------------------------
@@ -247,6 +249,27 @@ class Kernel:
             raise PluginStateError("the kernel is not running: use `async with Kernel(...)`")
         return self._services
 
+    # -- instrumentation ------------------------------------------------------------
+
+    @property
+    def instrumentation(self) -> Instrumentation | None:
+        return self._instrumentation
+
+    def instrument(self, instrumentation: Instrumentation | None) -> None:
+        """Report enqueues, job attempts, schedule fires and plugin
+        lifecycle steps to ``instrumentation`` (`kernel.observe.instrument`;
+        ``trio-kernel-otel`` is one); None stops it. Call it before the
+        kernel starts (a contrib's ``serve`` is entered before), or while it
+        runs: from then on."""
+        instrumentation = checked_instrumentation(instrumentation)
+        self._instrumentation = instrumentation
+        services = self._services
+        if services is not None:
+            services.instrumentation = instrumentation
+            services.scheduler.instrument(instrumentation)
+            if services.queue is not None:
+                services.queue.instrument(instrumentation)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> Kernel:
@@ -259,6 +282,7 @@ class Kernel:
             jobs = await self._job_store(storage, stack)
             nursery = await stack.enter_async_context(trio.open_nursery())
             scheduler = Scheduler(self._clock)
+            scheduler.instrument(self._instrumentation)
             await nursery.start(scheduler.run)
             watch = self.storage_watch = self._watch_storage(storage, jobs)
             self.health.register("storage", watch.check)
@@ -273,6 +297,7 @@ class Kernel:
                 watch=watch,
                 max_payload_bytes=self._max_payload_bytes,
             )
+            queue.instrument(self._instrumentation)
             await nursery.start(queue.run)
             if self.watchdog is not None:
                 await nursery.start(self.watchdog.run)
@@ -290,6 +315,7 @@ class Kernel:
                 shutdown_grace=self._shutdown_grace,
                 enable_timeout=self._enable_timeout,
                 queue=queue,
+                instrumentation=self._instrumentation,
             )
             self._stack, self._nursery, self._services = stack, nursery, services
             await nursery.start(self.health.run, self._health_interval)
@@ -447,7 +473,8 @@ class Kernel:
                 supervisor.name, supervisor.manifest, supervisor.config, nursery
             )
             try:
-                await supervisor.plugin.on_install(start.ctx)
+                with supervisor.step(PluginStep.INSTALL):
+                    await supervisor.plugin.on_install(start.ctx)
             finally:
                 start.close()
             nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ import trio
 from kernel.jobs.queue import JobQueue
 from kernel.notifier.context import notification_context
 from kernel.observe.health import HealthMonitor, HealthReport, Status
+from kernel.observe.instrument import Instrumentation, PluginStep
 from kernel.observe.metrics import Metrics
 from kernel.ports import Bus, Level, Notifier, Storage
 from kernel.runtime.plugins import (
@@ -96,6 +98,7 @@ class KernelServices:
     shutdown_grace: float = 10.0
     enable_timeout: float = 30.0
     queue: JobQueue | None = None
+    instrumentation: Instrumentation | None = None
 
     def plugin_start(
         self, name: str, manifest: Manifest, config: Any, nursery: trio.Nursery
@@ -193,7 +196,8 @@ class PluginSupervisor:
                 self.restarts += 1
                 restarts.inc()
                 log.warning("plugin %r %s; restarting in %.3gs", self.name, what, delay)
-                await self._wait_or_stop(delay)
+                with self.step(PluginStep.RESTART, error=error):
+                    await self._wait_or_stop(delay)
             await self._set_state(PluginState.DISABLED, "disabled", persist=self._remember_stop)
         finally:
             report()
@@ -211,6 +215,15 @@ class PluginSupervisor:
             # dependency failed): nothing runs, nothing to wait for
             self._stopped.set()
         await self._stopped.wait()
+
+    def step(
+        self, step: PluginStep, *, error: BaseException | None = None
+    ) -> AbstractContextManager[object]:
+        """Around a lifecycle step: the instrumentation's, if there is one."""
+        instrumentation = self._services.instrumentation
+        if instrumentation is None:
+            return nullcontext()
+        return instrumentation.plugin_step(self.name, step, error=error)
 
     @property
     def context(self) -> PluginContext | None:
@@ -236,7 +249,7 @@ class PluginSupervisor:
         services = self._services
         ctx = start.ctx
         try:
-            with trio.fail_after(services.enable_timeout):
+            with self.step(PluginStep.ENABLE), trio.fail_after(services.enable_timeout):
                 await self.plugin.on_enable(ctx)
         except trio.TooSlowError:
             raise TimeoutError(f"on_enable took longer than {services.enable_timeout:g}s") from None
@@ -259,7 +272,8 @@ class PluginSupervisor:
 
                 nursery.start_soon(run_body, name=f"{self.name}: run")
             await self._wake.wait()
-            await self._stop_gracefully(start)
+            with self.step(PluginStep.DISABLE):
+                await self._stop_gracefully(start)
         finally:
             services.health.unregister(self.name)
         nursery.cancel_scope.cancel()

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 import attrs
 import trio
 
+from kernel.observe.instrument import Instrumentation, checked_instrumentation
 from kernel.time.clock import Clock
 from kernel.time.policies import (
     MAX_MISSED_SLOTS,
@@ -296,11 +297,14 @@ class Schedule:
 
     async def _run(self, scope: trio.CancelScope) -> None:
         self.stats.started += 1
+        instrumentation = self._scheduler.instrumentation
         try:
             with scope:
-                result = self.func()
-                if inspect.isawaitable(result):
-                    await result
+                if instrumentation is None:
+                    await self._call()
+                else:
+                    with instrumentation.schedule_fire(self.name, self.last_fire_time):
+                        await self._call()
             if scope.cancelled_caught:
                 self.stats.cancelled += 1
             else:
@@ -315,6 +319,11 @@ class Schedule:
         finally:
             self._running.remove(scope)
             self._after_run()
+
+    async def _call(self) -> None:
+        result = self.func()
+        if inspect.isawaitable(result):
+            await result
 
     def _after_run(self) -> None:
         limit = self.overlap.max_running if isinstance(self.overlap, AllowOverlap) else 1
@@ -341,6 +350,12 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._sleep: trio.CancelScope | None = None
         self._names = 0
+        self.instrumentation: Instrumentation | None = None
+
+    def instrument(self, instrumentation: Instrumentation | None) -> None:
+        """Report each run of a function schedule to ``instrumentation``
+        (`kernel.observe.instrument`), from the next run on; None stops it."""
+        self.instrumentation = checked_instrumentation(instrumentation)
 
     @property
     def schedules(self) -> list[Schedule]:
