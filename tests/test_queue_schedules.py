@@ -427,3 +427,39 @@ async def test_jobs_enqueued_before_listening_starts_are_claimed(
     # listening started at 1 + 0.1 (backoff) + 1: every queue claimed then
     assert ran == pytest.approx([2.1], abs=1e-3)
     assert store.tries == 2
+
+
+class SlowSlots(MemoryJobStore):
+    """A memory store whose enqueue of a schedule's job waits for ``go``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storing = trio.Event()
+        self.go = trio.Event()
+
+    async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        if job.schedule is not None:
+            self.storing.set()
+            await self.go.wait()
+        return await super().enqueue(job)
+
+
+async def test_a_stop_while_a_slot_is_being_stored_is_clean(autojump_clock: MockClock) -> None:
+    """`stop_intake` drops the slots not yet stored while one is in flight
+    (it used to make the feeder pop an empty queue and fail the kernel)."""
+    store = SlowSlots()
+    ran: list[float] = []
+
+    async def tick() -> None:
+        ran.append(trio.current_time())
+
+    async with node(store, t0_clock()) as queue:
+        queue.register("tick", tick)
+        queue.add_schedule("tick", Every(S))
+        await store.storing.wait()
+        queue.stop_intake()
+        store.go.set()
+        await trio.sleep(5)
+        stored = await jobs_of(store, "tick")
+    assert len(stored) == 1  # the slot in flight was stored, no later one
+    assert ran == []  # and nothing started after the stop

@@ -211,7 +211,8 @@ class ScheduleFeeder:
             else:
                 with instrumentation.schedule_fire(job.schedule or "", job.fire_time):
                     stored, created = await enqueue_observed(self._store, job, instrumentation)
-            self._fired.popleft()
+            if self._fired and self._fired[0] is job:  # `stop` may have cleared it meanwhile
+                self._fired.popleft()
             if job.schedule is not None and job.fire_time is not None:
                 previous = last.get(job.schedule)
                 if previous is None or job.fire_time > previous:
