@@ -311,7 +311,20 @@ async def wait_until(condition: Callable[[], bool], *, within: float, every: flo
 
 
 async def wait_ticks_done(connection: Admin, schema: str, cut_us: int) -> None:
-    """Until every schedule job of a slot up to ``cut_us`` has finished."""
+    """Until every schedule job of a slot up to ``cut_us`` has finished.
+
+    First until every schedule has claimed a slot past the cut: a slot fired
+    just before the cut may not be stored yet, but a slot's job is stored
+    with its claim (one transaction) and each node feeds a schedule's slots
+    in order, so once a slot past the cut is claimed every job up to the
+    cut is there."""
+    await wait_until(
+        lambda: all(
+            any(s == name and f > cut_us for s, f in read_slots(connection, schema))
+            for name in SCHEDULES
+        ),
+        within=DONE_TIMEOUT,
+    )
     sql = (
         f"SELECT count(*) FROM {quote_identifier(schema)}.kernel_jobs WHERE queue = %s "
         "AND state IN ('queued', 'running') AND fire_time <= %s"

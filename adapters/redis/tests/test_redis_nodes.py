@@ -325,20 +325,27 @@ async def wait_until(condition: Callable[[], bool], *, within: float, every: flo
     await wait_for(lambda: True if condition() else None, within=within, every=every)
 
 
-async def wait_ticks_done(storage: RedisStorage, cut_us: int) -> None:
-    """Until every schedule job of a slot up to ``cut_us`` has finished."""
+async def wait_ticks_done(storage: RedisStorage, url: str, prefix: str, cut_us: int) -> None:
+    """Until every schedule job of a slot up to ``cut_us`` has finished.
 
-    async def pending() -> int:
-        count = 0
+    And until every schedule has claimed a slot past the cut: a slot fired
+    just before the cut may not be stored yet, but a slot's job is stored
+    with its claim and each node feeds a schedule's slots in order, so once
+    a slot past the cut is claimed every job up to the cut is there."""
+
+    async def settled() -> bool:
+        slots = await read_slots(url, prefix)
+        if not all(any(s == name and f > cut_us for s, f in slots) for name in SCHEDULES):
+            return False
         for state in (JobState.queued, JobState.running):
             for job in await storage.list_jobs(state=state, queue=TICKS, limit=1000):
                 if job.fire_time is not None and to_epoch_micros(job.fire_time) <= cut_us:
-                    count += 1
-        return count
+                    return False
+        return True
 
     with trio.fail_after(DONE_TIMEOUT):
         while True:  # polled: the nodes are other processes
-            if not await pending():
+            if await settled():
                 return
             await trio.sleep(POLL)
 
@@ -479,7 +486,7 @@ async def test_a_node_killed_mid_run_loses_nothing(
         await wait_until_done(storage, cluster)
         await wait_for_slots(redis_server, prefix)
         cut_us = wall_us()
-        await wait_ticks_done(storage, cut_us)
+        await wait_ticks_done(storage, redis_server, prefix, cut_us)
         assert all(node.alive for node in survivors), cluster.all_stderr()
         codes = await cluster.stop()
         assert codes == {victim.name: -signal.SIGKILL, **{node.name: 0 for node in survivors}}, (
@@ -580,7 +587,7 @@ async def test_the_cluster_lives_through_killed_connections(
         await enqueue_work(storage, labels[-1:])
         await wait_for(functools.partial(started_by, cluster.log, labels[-1]), within=WAKE_BOUND)
         await wait_until_done(storage, cluster)
-        await wait_ticks_done(storage, cut_us)
+        await wait_ticks_done(storage, redis_server, prefix, cut_us)
         # the nodes lived through it: still alive, and stop cleanly
         assert all(node.alive for node in cluster.nodes), cluster.all_stderr()
         codes = await cluster.stop()
