@@ -191,6 +191,21 @@ def test_stop_after_takes_plain_seconds_and_logs_in_one_format(
     assert any("tick: ok in " in line for line in lines)
 
 
+def test_log_level_debug_shows_claims_and_completions(tmp_path: Path, env: dict[str, str]) -> None:
+    config = tmp_path / "kernel.toml"
+    config.write_text('[kernel]\nstorage = "memory://"\n' + TICKER)
+    done = kernel("run", str(config), "--stop-after", "1", "--log-level", "debug", env=env)
+    assert done.returncode == 0, done.stderr
+    claims = re.findall(r"DEBUG .*claimed job (\S+) \(ticker\.tick\), attempt 1", done.stderr)
+    successes = re.findall(r"DEBUG .*job (\S+) \(ticker\.tick\) succeeded", done.stderr)
+    assert claims, done.stderr
+    assert successes, done.stderr
+    assert set(successes) <= set(claims)
+    quiet = kernel("run", str(config), "--stop-after", "1", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "claimed job" not in quiet.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "soon", "5 min"])
 def test_a_bad_stop_after_is_one_line(tmp_path: Path, env: dict[str, str], value: str) -> None:
     config = tmp_path / "kernel.toml"

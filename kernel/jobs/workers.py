@@ -432,6 +432,8 @@ class Workers:
                     self._keep_completions(state, completed)
                     raise
                 await self._completions_stored(completed, done)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_round(config.name, completed, done, claimed)
             asked = capacity
             if claimed:
                 self.leases.hold([job.id for job in claimed])
@@ -715,3 +717,17 @@ class Workers:
                     wait,
                 )
                 await self.scheduler.sleep(wait)
+
+
+def _log_round(
+    queue: str, completed: list[JobRecord], done: set[str], claimed: list[JobRecord]
+) -> None:
+    """What ``--log-level debug`` shows of a round: each success stored and
+    each job claimed (built only when debug is on)."""
+    for job in completed:
+        if job.id in done:
+            log.debug("queue %r: job %s (%s) succeeded", queue, job.id, job.task)
+    for job in claimed:
+        log.debug(
+            "queue %r: claimed job %s (%s), attempt %d", queue, job.id, job.task, job.attempts
+        )
