@@ -22,6 +22,7 @@ from kernel.time.wheel import Timer
 
 if TYPE_CHECKING:
     from kernel.jobs.attempt import Run
+    from kernel.time.scheduler import Scheduler
 
 __all__ = ["QueueConfig", "QueueState"]
 
@@ -96,3 +97,36 @@ class QueueState:
             yield
         finally:
             self.storing -= 1
+
+    def check_idle(self) -> None:
+        """Wake whoever waits for the queue to go idle, if it now is."""
+        if self.idle is not None and not self.busy:
+            self.idle.set()
+            self.idle = None
+
+    # -- the claimer's one timer on the wheel -------------------------------------
+
+    def arm(self, scheduler: Scheduler, deadline: float, due: datetime | None) -> None:
+        """Keep one wheel timer for the queue, at the earliest thing it waits
+        for (its next due job, a poll, a retry after a store failure, a
+        rate-limit slot); ``due`` is the job's due time when it is one."""
+        if self.timer is not None and self.timer_at <= deadline:
+            return
+        self.disarm(scheduler)
+
+        def fire() -> None:
+            self.timer = None
+            self.timer_at = math.inf
+            if due is not None:
+                self.due_hint = due
+            self.check_due = True
+            self.wake.set()
+
+        self.timer = scheduler.call_at(deadline, fire)
+        self.timer_at = deadline
+
+    def disarm(self, scheduler: Scheduler) -> None:
+        if self.timer is not None:
+            scheduler.cancel_timer(self.timer)
+            self.timer = None
+            self.timer_at = math.inf

@@ -18,7 +18,9 @@ claimer talks to the store; the workers only run jobs:
 
 There is no task and no cancel scope per job beyond the attempt's own scope
 (which a timeout or a cancellation needs), and the store is asked once per
-round, not once per job. Leases are kept by `kernel.jobs.leases`.
+round, not once per job. Leases are kept by `kernel.jobs.leases`, a
+worker's loop is `kernel.jobs.worker_loop`, and other processes' enqueues
+wake the claimers through `kernel.jobs.listening`.
 
 Stopping takes two steps (`stop_intake`, then `drain`): nothing more is
 claimed and prefetched jobs go back at once; the jobs already running get
@@ -30,24 +32,24 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-import attrs
 import trio
 
 from kernel.errors import InvalidJob, StorageError
 from kernel.jobs._checks import validate_name
-from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Plan, Run, Verdict
+from kernel.jobs.attempt import UNKNOWN_TASK_GRACE, JobRunner, Run, Verdict
 from kernel.jobs.events import JobEvents
 from kernel.jobs.leases import LeaseKeeper, reap_expired
+from kernel.jobs.listening import listen_for_enqueues
 from kernel.jobs.queue_state import QueueConfig, QueueState
 from kernel.jobs.rate import RateLimit, RateWindow
 from kernel.jobs.record import JobRecord
 from kernel.jobs.registry import TaskRegistry, positive_seconds
+from kernel.jobs.worker_loop import run_worker
 from kernel.observe.metrics import Metrics
 from kernel.observe.storage_watch import StorageWatch
 from kernel.ports import JSON, EnqueueListener, JobStore
@@ -62,15 +64,6 @@ log = logging.getLogger("kernel.queue")
 _DRAIN_REPORT_EVERY = 5.0
 _POLL_FIRST = 1.0
 _POLL_MAX = 30.0
-
-
-@attrs.define(eq=False)
-class _Current:
-    """The job a worker has in hand, and how far it got."""
-
-    run: Run
-    plan: Plan | None = None
-    error: Exception | None = None
 
 
 class Workers:
@@ -250,7 +243,7 @@ class Workers:
         if run_at <= self.clock.now():
             state.wake.set()
         else:
-            self._arm(state, Clock.tick_deadline(self.clock.wall_to_tick(run_at)), run_at)
+            state.arm(self.scheduler, Clock.tick_deadline(self.clock.wall_to_tick(run_at)), run_at)
 
     def cancel_running(self, job_id: str) -> None:
         """Stop the run of ``job_id`` if it runs here (its outcome is the
@@ -262,7 +255,7 @@ class Workers:
             if any(job.id == job_id for job in state.buffer):
                 state.buffer = deque(job for job in state.buffer if job.id != job_id)
                 self.leases.drop(job_id)
-                self._check_idle(state)
+                state.check_idle()
 
     # -- stopping ------------------------------------------------------------------
 
@@ -330,7 +323,11 @@ class Workers:
             )
         )
         if isinstance(self.store, EnqueueListener):
-            await nursery.start(self._listen, self.store)
+            await nursery.start(
+                functools.partial(
+                    listen_for_enqueues, self.store, self.scheduler, self.wake, self.wake_all
+                )
+            )
 
     def stopped(self) -> None:
         """The nursery of `start` is closed: nothing serves any more."""
@@ -338,7 +335,7 @@ class Workers:
         for state in self._queues.values():
             state.serving = False
             state.workers = 0
-            self._disarm(state)
+            state.disarm(self.scheduler)
 
     def _start_serving(self, state: QueueState) -> None:
         if self._nursery is not None and not state.serving:
@@ -350,7 +347,12 @@ class Workers:
             return
         while state.workers < state.config.concurrency:
             state.nursery.start_soon(
-                self._work, state, state.workers, name=f"queue {state.config.name} worker"
+                run_worker,
+                state,
+                state.workers,
+                self.runner,
+                self._done,
+                name=f"queue {state.config.name} worker",
             )
             state.workers += 1
 
@@ -376,7 +378,7 @@ class Workers:
                             exc,
                             wait,
                         )
-                        self._arm(state, trio.current_time() + wait, None)
+                        state.arm(self.scheduler, trio.current_time() + wait, None)
                     await state.wake.wait()
         finally:
             state.nursery = None
@@ -392,7 +394,7 @@ class Workers:
             mono = trio.current_time()
             allowed = state.window.available(mono)
             if allowed <= 0:
-                self._arm(state, state.window.next_free(mono), None)
+                state.arm(self.scheduler, state.window.next_free(mono), None)
                 return 0
             capacity = min(capacity, allowed)
         return max(capacity, 0)
@@ -411,7 +413,7 @@ class Workers:
             capacity = self._capacity(state)
             completed, state.completed = state.completed, []
             if not completed and capacity <= 0:
-                self._check_idle(state)
+                state.check_idle()
                 break
             now = self.clock.now()
             hint, state.due_hint = state.due_hint, None
@@ -447,7 +449,7 @@ class Workers:
                         window.acquire(mono)
                 state.buffer.extend(claimed)
                 state.ready.unpark(count=len(claimed))
-            self._check_idle(state)
+            state.check_idle()
             if len(claimed) < capacity or capacity <= 0:
                 break
         if asked > 0 and len(claimed) < asked:
@@ -465,7 +467,7 @@ class Workers:
         if self._listening or self._process_local:
             return
         state.poll = _POLL_FIRST if found or not state.poll else min(state.poll * 2, _POLL_MAX)
-        self._arm(state, trio.current_time() + state.poll, None)
+        state.arm(self.scheduler, trio.current_time() + state.poll, None)
 
     async def _arm_next_due(self, state: QueueState) -> None:
         due = await self.store.next_due(state.config.name)
@@ -476,79 +478,7 @@ class Workers:
                 state.due_hint = due
                 state.wake.set()
             else:
-                self._arm(state, deadline, due)
-
-    async def _work(self, state: QueueState, index: int) -> None:
-        """One worker: run jobs from the buffer until fewer workers than
-        ``index + 1`` are wanted. The job's call runs under the worker's
-        cancel scope (its timeout is the scope's deadline; `Run.cancel`
-        cancels it); a cancelled scope is left, the job judged outside it,
-        and a new scope entered: a scope per worker, not per job."""
-        runner = self.runner
-        current: _Current | None = None
-        try:
-            while True:
-                with trio.CancelScope() as scope:
-                    streak = 0
-                    while True:
-                        job = await self._take(state, index)
-                        if job is None:
-                            return
-                        run = Run(job)
-                        state.running[job.id] = run
-                        if state.gauge is not None:
-                            state.gauge.set(len(state.running))
-                        current = _Current(run)
-                        prepared = await runner.prepare(run)
-                        if isinstance(prepared, Verdict):
-                            self._done(state, run, prepared)
-                            current = None
-                            continue
-                        current.plan = prepared
-                        run.scope = scope
-                        if prepared.timeout is not None:
-                            scope.deadline = trio.current_time() + prepared.timeout
-                        try:
-                            await runner.call(prepared)
-                        except Exception as error:
-                            current.error = error
-                        run.scope = None
-                        if scope.cancel_called:
-                            break  # judge it outside this scope, then take a new one
-                        if prepared.timeout is not None:
-                            scope.deadline = math.inf
-                        verdict = await runner.finish(run, prepared, current.error, cut_short=False)
-                        self._done(state, run, verdict)
-                        current = None
-                        streak += 1
-                        if streak % 32 == 0:
-                            await trio.lowlevel.checkpoint()  # let others run
-                if current is not None and current.plan is not None:
-                    run = current.run
-                    verdict = await runner.finish(run, current.plan, current.error, cut_short=True)
-                    self._done(state, run, verdict)
-                    current = None
-        except BaseException:
-            if current is not None:
-                state.running.pop(current.run.job.id, None)
-                if not current.run.lost:
-                    # shutdown: the attempt was interrupted, not failed
-                    await runner.release(current.run.job, timedelta(0))
-            raise
-        finally:
-            state.workers -= 1
-
-    async def _take(self, state: QueueState, index: int) -> JobRecord | None:
-        """The next job of the buffer, waiting for one; None once this worker
-        is no longer wanted."""
-        while not state.buffer:
-            if index >= state.config.concurrency:
-                return None
-            await state.ready.park()
-        if index >= state.config.concurrency:
-            state.ready.unpark()  # hand the job on to a worker that stays
-            return None
-        return state.buffer.popleft()
+                state.arm(self.scheduler, deadline, due)
 
     def _done(self, state: QueueState, run: Run, verdict: Verdict) -> None:
         job = run.job
@@ -563,7 +493,7 @@ class Workers:
             state.check_due = True  # a retry or a release: due again later
         state.wake.set()
         if state.idle is not None:
-            self._check_idle(state)
+            state.check_idle()
 
     # -- outcomes ---------------------------------------------------------------
 
@@ -637,7 +567,7 @@ class Workers:
                         self.leases.drop(job.id)
                 else:
                     await self._completions_stored(completed, done)
-        self._check_idle(state)
+        state.check_idle()
 
     def _leases_lost(self, job_ids: set[str]) -> None:
         """The store says we no longer hold these (reaped after our lease
@@ -651,72 +581,11 @@ class Workers:
                 state.buffer = deque(job for job in state.buffer if job.id not in job_ids)
             if state.completed and any(job.id in job_ids for job in state.completed):
                 state.completed = [job for job in state.completed if job.id not in job_ids]
-            self._check_idle(state)
+            state.check_idle()
         for job_id in job_ids:
             self.leases.drop(job_id)
         if self.metrics is not None:
             self.metrics.counter("job_leases_lost").inc(len(job_ids))
-
-    def _check_idle(self, state: QueueState) -> None:
-        if state.idle is not None and not state.busy:
-            state.idle.set()
-            state.idle = None
-
-    # -- timers and wake-ups ------------------------------------------------------------
-
-    def _disarm(self, state: QueueState) -> None:
-        if state.timer is not None:
-            self.scheduler.cancel_timer(state.timer)
-            state.timer = None
-            state.timer_at = math.inf
-
-    def _arm(self, state: QueueState, deadline: float, due: datetime | None) -> None:
-        """Keep one wheel timer per queue, at the earliest thing it waits for."""
-        if state.timer is not None and state.timer_at <= deadline:
-            return
-        self._disarm(state)
-
-        def fire() -> None:
-            state.timer = None
-            state.timer_at = math.inf
-            if due is not None:
-                state.due_hint = due
-            state.check_due = True
-            state.wake.set()
-
-        state.timer = self.scheduler.call_at(deadline, fire)
-        state.timer_at = deadline
-
-    async def _listen(
-        self,
-        store: EnqueueListener,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Wake our queues when another process enqueues into them. Each time
-        listening (re)starts every queue claims once, for what was enqueued
-        before; `start` returns once the first attempt is over."""
-        backoff = Backoff()
-        reported = False
-        while True:
-            try:
-                async with trio.open_nursery() as listening:
-                    await listening.start(functools.partial(store.listen_enqueued, self.wake))
-                    self.wake_all()
-                    if not reported:
-                        reported = True
-                        task_status.started()
-            except* StorageError as failed:
-                if not reported:
-                    reported = True
-                    task_status.started()
-                wait = backoff.next()
-                log.warning(
-                    "listening for new jobs failed (%s); retrying in %.1f s",
-                    failed.exceptions[0],
-                    wait,
-                )
-                await self.scheduler.sleep(wait)
 
 
 def _log_round(
