@@ -5,6 +5,7 @@ command), ``--debug`` for a traceback, and times and durations in one format.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -189,6 +190,21 @@ def test_stop_after_takes_plain_seconds_and_logs_in_one_format(
     assert lines
     assert all(LOG_LINE.match(line) for line in lines), lines
     assert any("tick: ok in " in line for line in lines)
+
+
+def test_the_runner_freezes_what_start_up_made(tmp_path: Path, env: dict[str, str]) -> None:
+    """Start-up's objects live for the whole run: after every plugin has
+    started they are moved out of the collector's way (gc.freeze)."""
+    config = tmp_path / "kernel.toml"
+    config.write_text('[kernel]\nstorage = "memory://"\n' + TICKER)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        result = invoke("run", str(config), "--stop-after", "0.3", env=env)
+        assert result.exit_code == 0, result.output
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_log_level_debug_shows_claims_and_completions(tmp_path: Path, env: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ adds the traceback of an unexpected error.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -220,9 +221,17 @@ async def _serve(
             await nursery.start(serve_status, kernel, socket_path)
         if stop_after is not None:
             await nursery.start(_stop_later, kernel, stop_after)
-        code = await kernel.serve()
-        nursery.cancel_scope.cancel()
-    return code
+        codes: list[ExitCode] = []
+
+        async def serving(*, task_status: trio.TaskStatus[None]) -> None:
+            codes.append(await kernel.serve(task_status=task_status))
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(serving)
+        # every plugin has started: what start-up made (modules, plugins,
+        # config) lives as long as the run, so full collections skip it
+        gc.freeze()
+    return codes[0]
 
 
 async def _stop_later(
