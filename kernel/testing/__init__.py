@@ -57,6 +57,7 @@ if "pytest" in sys.modules:
         "kernel.testing._jobstore_base",
         "kernel.testing._jobstore_lifecycle",
         "kernel.testing._jobstore_queue",
+        "kernel.testing.cluster",
     }
     _pending = sorted(module for module in _REWRITE if module not in sys.modules)
     if _pending:

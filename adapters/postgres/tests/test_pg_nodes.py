@@ -1,4 +1,5 @@
-"""Real processes on one database: three kernel nodes (``pg_node.py``) work
+"""Real processes on one database: three kernel nodes
+(``kernel.testing.node``, driven by ``kernel.testing.cluster``) work
 thousands of jobs and two fast schedules from one PostgreSQL schema, while
 one node is killed with SIGKILL, or while the server restarts.
 
@@ -22,7 +23,6 @@ one would break every connection the other tests hold, the session's
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import glob
 import os
@@ -33,21 +33,40 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import attrs
 import psycopg
 import pytest
 import trio
 from pg_helpers import Admin, with_options
-from pg_node import (
-    ANCHOR,
+
+from kernel.errors import StorageError
+from kernel.storage.base import lease_expired_error
+from kernel.testing.cluster import (
+    DONE_TIMEOUT,
+    NODES,
+    POLL,
+    READY_TIMEOUT,
+    WAKE_BOUND,
+    Row,
+    check_outcome,
+    count_done,
+    enqueue_work,
+    label,
+    live_work,
+    open_cluster,
+    read_log,
+    started_by,
+    wait_for,
+    wait_until,
+    wait_until_done,
+)
+from kernel.testing.node import (
     CONCURRENCY,
     SCHEDULES,
     TICK_CONCURRENCY,
@@ -55,186 +74,10 @@ from pg_node import (
     WORK,
     wall_us,
 )
-
-from kernel.errors import StorageError
-from kernel.ports import JobRecord, JobState
-from kernel.storage.base import lease_expired_error, to_epoch_micros
-from kernel_postgres import PostgresStorage, open_storage, upgrade
+from kernel_postgres import open_storage, upgrade
 from kernel_postgres._url import quote_identifier
 
-T = TypeVar("T")
-
-NODE = Path(__file__).resolve().with_name("pg_node.py")
-NODES = 3
-READY_TIMEOUT = 30.0
-DONE_TIMEOUT = 90.0
-STOP_TIMEOUT = 20.0
-POLL = 0.05
-#: A job enqueued on an idle cluster must start within this many seconds. The
-#: queue has no polling timer, so without the wake-up it would never start;
-#: the bound is a hang guard, not a performance claim.
-WAKE_BOUND = 5.0
-
-
-# -- the nodes -----------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class Node:
-    name: str
-    process: trio.Process
-    stderr: Path
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-@attrs.define(eq=False)
-class Cluster:
-    """The node processes of one test and the log they share."""
-
-    url: str
-    tmp: Path
-    nodes: list[Node] = attrs.field(factory=list)
-
-    @property
-    def log(self) -> Path:
-        return self.tmp / "runs.log"
-
-    async def start(self, count: int, *flags: str) -> None:
-        """``count`` nodes, started together, each serving when this returns."""
-        names = [f"node-{len(self.nodes) + index}" for index in range(count)]
-        for name in names:
-            stderr = self.tmp / f"{name}.err"
-            with stderr.open("wb") as err:
-                process = await trio.lowlevel.open_process(
-                    [sys.executable, str(NODE), self.url, name, str(self.log), *flags],
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                )
-            self.nodes.append(Node(name, process, stderr))
-        for node in self.nodes[-count:]:
-            await self._ready(node)
-
-    async def _ready(self, node: Node) -> None:
-        assert node.process.stdout is not None
-        output = b""
-        with trio.move_on_after(READY_TIMEOUT):
-            while b"\n" not in output:
-                chunk = await node.process.stdout.receive_some()
-                if not chunk:
-                    break
-                output += chunk
-        assert output == b"ready\n", f"{node.name} said {output!r}:\n{self.stderr(node)}"
-
-    def stderr(self, node: Node) -> str:
-        return node.stderr.read_text(errors="replace")
-
-    def all_stderr(self) -> str:
-        return "\n".join(f"--- {node.name}:\n{self.stderr(node)}" for node in self.nodes)
-
-    def kill(self, node: Node) -> None:
-        node.process.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> dict[str, int | None]:
-        """SIGTERM every node still running; their exit codes once stopped."""
-        for node in self.nodes:
-            if node.alive:
-                node.process.terminate()
-        with trio.move_on_after(STOP_TIMEOUT):
-            for node in self.nodes:
-                await node.process.wait()
-        return {node.name: node.process.returncode for node in self.nodes}
-
-    async def aclose(self) -> None:
-        """Kill whatever a failed test left running, and reap it."""
-        with trio.CancelScope(shield=True):
-            for node in self.nodes:
-                if node.alive:
-                    node.process.kill()
-                await node.process.wait()
-                if node.process.stdout is not None:
-                    await node.process.stdout.aclose()
-
-
-@contextlib.asynccontextmanager
-async def open_cluster(url: str, tmp: Path) -> AsyncIterator[Cluster]:
-    cluster = Cluster(url, tmp)
-    cluster.log.touch()
-    try:
-        yield cluster
-    finally:
-        await cluster.aclose()
-
-
-# -- what happened -------------------------------------------------------------
-
-
-@attrs.frozen
-class Start:
-    node: str
-    job_id: str
-    at_us: int
-    schedule: str | None
-    fire_time: int | None
-
-
-@attrs.frozen
-class Done:
-    node: str
-    label: str
-    at_us: int
-
-
-def read_log(path: Path) -> tuple[list[Start], list[Done]]:
-    starts: list[Start] = []
-    dones: list[Done] = []
-    for line in path.read_text().splitlines():
-        kind, *fields = line.split(" ")
-        if kind == "start" and len(fields) == 5:
-            node, job_id, at_us, schedule, fire_time = fields
-            fire_us = None if fire_time == "-" else datetime.fromisoformat(fire_time)
-            starts.append(
-                Start(
-                    node,
-                    job_id,
-                    int(at_us),
-                    None if schedule == "-" else schedule,
-                    None if fire_us is None else to_epoch_micros(fire_us),
-                )
-            )
-        elif kind == "done" and len(fields) == 3:
-            dones.append(Done(fields[0], fields[1], int(fields[2])))
-        else:
-            raise AssertionError(f"unexpected log line {line!r}")
-    return starts, dones
-
-
-def started_by(path: Path, job_id: str) -> Start | None:
-    """The first start of ``job_id`` in the log so far."""
-    return next((start for start in read_log(path)[0] if start.job_id == job_id), None)
-
-
-def count_done(path: Path) -> collections.Counter[str]:
-    """Done lines so far, by node (cheap enough to poll)."""
-    counts: collections.Counter[str] = collections.Counter()
-    for line in path.read_text().splitlines():
-        if line.startswith("done "):
-            counts[line.split(" ", 2)[1]] += 1
-    return counts
-
-
-@attrs.frozen
-class Row:
-    id: str
-    queue: str
-    state: str
-    worker: str | None
-    attempts: int
-    schedule: str | None
-    fire_time: int | None
-    last_error: str | None
+ADAPTER_LOGS = ["kernel_postgres"]  # the nodes log its reconnections
 
 
 def read_rows(connection: Admin, schema: str) -> list[Row]:
@@ -250,64 +93,6 @@ def read_slots(connection: Admin, schema: str) -> list[tuple[str, int]]:
         f"SELECT schedule, fire_time FROM {quote_identifier(schema)}.kernel_schedule_slots"
     ).fetchall()
     return cast("list[tuple[str, int]]", rows)
-
-
-def label(n: int) -> str:
-    return f"w-{n:05d}"
-
-
-async def enqueue_work(storage: PostgresStorage, labels: Sequence[str]) -> None:
-    """Jobs of ``work`` with the labels as ids (several at a time)."""
-
-    async def some(part: Sequence[str]) -> None:
-        for name in part:
-            now = datetime.now(UTC)
-            await storage.enqueue(
-                JobRecord(
-                    id=name, task="work", args=[name], queue=WORK, run_at=now, enqueued_at=now
-                )
-            )
-
-    async with trio.open_nursery() as nursery:
-        for lane in range(8):
-            nursery.start_soon(some, labels[lane::8])
-
-
-async def live_work(storage: PostgresStorage) -> int:
-    """Queued or running jobs of ``work`` (0 or more, at most 2)."""
-    live = 0
-    for state in (JobState.queued, JobState.running):
-        live += len(await storage.list_jobs(state=state, queue=WORK, limit=1))
-    return live
-
-
-async def wait_until_done(storage: PostgresStorage, cluster: Cluster) -> None:
-    """Until no job of ``work`` is queued or running. Polled: a killed node's
-    jobs stay running in the store until their lease is reaped. A failing
-    call (the server restarting) is polled again."""
-    with trio.move_on_after(DONE_TIMEOUT) as hang:
-        while True:
-            try:
-                if not await live_work(storage):
-                    return
-            except StorageError:
-                pass
-            await trio.sleep(POLL)
-    assert not hang.cancelled_caught, f"work left after {DONE_TIMEOUT} s\n{cluster.all_stderr()}"
-
-
-async def wait_for(check: Callable[[], T | None], *, within: float, every: float = POLL) -> T:
-    """The first result of ``check`` that is not None, polled every ``every``
-    seconds; `trio.TooSlowError` after ``within`` seconds."""
-    with trio.fail_after(within):
-        while True:
-            if (result := check()) is not None:
-                return result
-            await trio.sleep(every)
-
-
-async def wait_until(condition: Callable[[], bool], *, within: float, every: float = POLL) -> None:
-    await wait_for(lambda: True if condition() else None, within=within, every=every)
 
 
 async def wait_ticks_done(connection: Admin, schema: str, cut_us: int) -> None:
@@ -340,96 +125,6 @@ def most_unsettled(concurrency: int) -> int:
     for the next round trip (at most a round's worth), and the prefetch (a
     quarter of the concurrency, claimed but not started)."""
     return 2 * concurrency + concurrency // 4
-
-
-def check_outcome(
-    *,
-    rows: list[Row],
-    slots: list[tuple[str, int]],
-    starts: list[Start],
-    dones: list[Done],
-    labels: set[str],
-    cut_us: int,
-    suspects: set[str] | None,
-    max_repeats: int,
-    max_tick_repeats: int,
-) -> None:
-    """What must hold after any run: ``suspects`` are the nodes whose runs
-    may have been repeated elsewhere (None: any node's, a server restart),
-    ``max_repeats`` and ``max_tick_repeats`` how many repeats in all."""
-    by_id = {row.id: row for row in rows}
-    assert len(by_id) == len(rows)
-
-    # every work job succeeded, nothing lost, nothing extra
-    work = {row.id: row for row in rows if row.queue == WORK}
-    assert set(work) == labels
-    assert collections.Counter(row.state for row in work.values()) == {"succeeded": len(labels)}
-
-    # every job ran at least once; "succeeded" implies its worker logged the run
-    ran_by: dict[str, list[str]] = collections.defaultdict(list)
-    for done in dones:
-        ran_by[done.label].append(done.node)
-    assert set(ran_by) == labels
-    for name, row in work.items():
-        assert row.worker in ran_by[name], (name, row, ran_by[name])
-
-    # runs repeated: bounded, and only where a suspect node ran first
-    repeated = {name: nodes for name, nodes in ran_by.items() if len(nodes) > 1}
-    print(f"work: {len(labels)} jobs, {len(repeated)} ran twice or more: {repeated}")
-    assert sum(len(nodes) - 1 for nodes in repeated.values()) <= max_repeats, repeated
-    if suspects is not None:
-        assert all(set(nodes) & suspects for nodes in repeated.values()), repeated
-
-    # starts: every work job started, restarts bounded as its runs
-    started: dict[str, list[Start]] = collections.defaultdict(list)
-    for start in starts:
-        started[start.job_id].append(start)
-        assert start.job_id in by_id, start  # no start of a job the store does not hold
-    assert labels <= set(started)
-    restarted = {
-        job_id: [start.node for start in group]
-        for job_id, group in started.items()
-        if len(group) > 1
-    }
-    work_restarts = sum(len(nodes) - 1 for job_id, nodes in restarted.items() if job_id in work)
-    tick_restarts = sum(len(nodes) - 1 for job_id, nodes in restarted.items() if job_id not in work)
-    print(f"starts repeated: {work_restarts} of work, {tick_restarts} of ticks")
-    assert work_restarts <= max_repeats, restarted
-    assert tick_restarts <= max_tick_repeats, restarted
-    if suspects is not None:
-        assert all(nodes[0] in suspects for nodes in restarted.values()), restarted
-
-    # schedules: a slot fires once cluster-wide, and the catch-up grid is whole
-    ticks = [row for row in rows if row.queue == TICKS]
-    assert all(row.schedule in SCHEDULES and row.fire_time is not None for row in ticks)
-    slot_jobs = collections.Counter((row.schedule, row.fire_time) for row in ticks)
-    assert max(slot_jobs.values()) == 1, [slot for slot, n in slot_jobs.items() if n > 1]
-    slot_set = set(slots)
-    assert len(slot_set) == len(slots)
-    assert set(slot_jobs) <= slot_set  # every job has its slot claimed
-    anchor_us = to_epoch_micros(ANCHOR)
-    for name, (interval, _, _) in SCHEDULES.items():
-        step = interval // timedelta(microseconds=1)
-        fired = sorted(fire for schedule, fire in slot_set if schedule == name)
-        assert len(fired) >= 5, (name, fired)  # the schedule did run throughout
-        assert all((fire - anchor_us) % step == 0 for fire in fired), name
-        jobs = sum(1 for schedule, _ in slot_jobs if schedule == name)
-        print(f"schedule {name}: {len(fired)} slots, {jobs} jobs")
-    fast = "fast"
-    step = SCHEDULES[fast][0] // timedelta(microseconds=1)
-    fired = sorted(fire for schedule, fire in slot_set if schedule == fast)
-    gaps = sorted(set(range(fired[0], fired[-1] + step, step)) - set(fired))
-    assert not gaps, f"slots of {fast!r} never fired: {gaps}"
-    assert all((fast, fire) in slot_jobs for fire in fired)  # AllowOverlap: a job per slot
-    for row in ticks:
-        if row.fire_time is not None and row.fire_time <= cut_us:
-            assert row.state == "succeeded", row
-            assert row.id in started, row
-        starts_of_row = started.get(row.id, [])
-        assert all(
-            (start.schedule, start.fire_time) == (row.schedule, row.fire_time)
-            for start in starts_of_row
-        )
 
 
 # -- a private server, to restart ------------------------------------------------
@@ -565,7 +260,10 @@ async def test_a_node_killed_mid_run_loses_nothing(
     labels = [label(n) for n in range(before + during)]
     node_url = with_options(pg_server, schema=schema, pool_size=6, application_name=app_name)
     began = time.monotonic()
-    async with await open_storage(pg_url) as storage, open_cluster(node_url, tmp_path) as cluster:
+    async with (
+        await open_storage(pg_url) as storage,
+        open_cluster(node_url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
+    ):
         await enqueue_work(storage, labels[:before])
         await cluster.start(NODES)
         victim, *survivors = cluster.nodes
@@ -644,7 +342,10 @@ async def test_the_cluster_lives_through_a_server_restart(
     url = with_options(private_server.url, schema=schema, pool_size=6)
     await upgrade(url)
     began = time.monotonic()
-    async with await open_storage(url) as storage, open_cluster(url, tmp_path) as cluster:
+    async with (
+        await open_storage(url) as storage,
+        open_cluster(url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
+    ):
         await enqueue_work(storage, labels[:before])
         await cluster.start(NODES)
         await wait_until(
@@ -718,7 +419,10 @@ async def test_an_idle_cluster_starts_a_new_job_at_once(
     node_url = with_options(pg_server, schema=schema, pool_size=2, application_name=app_name)
     latencies: list[float] = []
     takers: list[str] = []
-    async with await open_storage(pg_url) as storage, open_cluster(node_url, tmp_path) as cluster:
+    async with (
+        await open_storage(pg_url) as storage,
+        open_cluster(node_url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
+    ):
         await cluster.start(NODES, "--no-schedules")
         # idle, and every node listening: `JobQueue.run` reports started before
         # its LISTEN is active, and a job enqueued in between waits for the

@@ -1,8 +1,10 @@
-"""The child program of ``test_pg_nodes.py``: one kernel node working a
-PostgreSQL job store that other nodes share, there to be killed with SIGKILL
-(or to live through a server restart) at any moment.
+"""One kernel node of a multi-process test (`kernel.testing.cluster`): a
+process working a job store that other nodes share, there to be killed with
+SIGKILL (or to live through a server restart, or its connections killed) at
+any moment. The store is opened from its URL by the adapter registered for
+its scheme, so every adapter's cluster tests run the same program.
 
-    python pg_node.py URL NAME LOG [--no-schedules]
+    python -m kernel.testing.node URL NAME LOG [--no-schedules]
 
 It works the ``work`` queue (task ``work(label)``) and, unless told not to,
 runs the schedules of `SCHEDULES` on the ``ticks`` queue, as every node
@@ -37,8 +39,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from kernel.jobs.queue import JobQueue
-from kernel.ports import Bus, JSONLike, Subscription
+from kernel.ports import Bus, JobStore, JSONLike, Subscription
 from kernel.resilience.retry import RetryPolicy
+from kernel.runtime.discovery import open_storage
 from kernel.time.policies import (
     AllowOverlap,
     CatchUp,
@@ -49,7 +52,6 @@ from kernel.time.policies import (
 )
 from kernel.time.scheduler import open_scheduler
 from kernel.time.triggers import Every
-from kernel_postgres import open_storage
 
 WORK = "work"
 TICKS = "ticks"
@@ -116,14 +118,14 @@ async def node(url: str, name: str, log_path: str, schedules: bool) -> None:
     async def tick(schedule: str) -> None:
         await trio.sleep(rng.uniform(*TICK_SECONDS))
 
+    storage = await open_storage(url)
+    if not isinstance(storage, JobStore):
+        await storage.aclose()
+        raise SystemExit(f"{url.split(':', 1)[0]}: this storage keeps no jobs")
     # SIGTERM is caught from the start: one right after "ready" stops us cleanly too
     try:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with (
-                await open_storage(url) as storage,
-                open_scheduler() as scheduler,
-                trio.open_nursery() as nursery,
-            ):
+            async with open_scheduler() as scheduler, trio.open_nursery() as nursery:
                 queue = JobQueue(
                     storage,
                     scheduler,
@@ -153,6 +155,8 @@ async def node(url: str, name: str, log_path: str, schedules: bool) -> None:
                     break
                 nursery.cancel_scope.cancel()  # the queue gives its running jobs back
     finally:
+        with trio.CancelScope(shield=True):
+            await storage.aclose()
         os.close(fd)
 
 
@@ -163,17 +167,21 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("url")
     parser.add_argument("name")
     parser.add_argument("log")
     parser.add_argument("--no-schedules", dest="schedules", action="store_false")
+    parser.add_argument(
+        "--log-info", action="append", default=[], help="a logger to show at info level"
+    )
     options = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s {options.name} %(name)s %(levelname)s %(message)s",
     )
-    logging.getLogger("kernel_postgres").setLevel(logging.INFO)  # reconnections
+    for name in options.log_info:
+        logging.getLogger(name).setLevel(logging.INFO)  # an adapter's reconnections
     trio.run(node, options.url, options.name, options.log, options.schedules)
 
 
