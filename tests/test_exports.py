@@ -244,6 +244,7 @@ SURFACE: dict[str, list[str]] = {
         "JobStoreContract",
         "NotifierContract",
         "RecordingNotifier",
+        "SharedJobStoreContract",
         "StorageContract",
     ],
 }

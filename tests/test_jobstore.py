@@ -1,6 +1,7 @@
 """The job records and the job-store contract against the memory and the
 SQLite stores, the two stores against each other, several SQLite
-connections on one file, and checks that the contract catches broken stores."""
+connections on one file (the shared job-store contract among them), and
+checks that the contract catches broken stores."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from kernel.storage.base import clean_error_text, effective_priority
 from kernel.storage.memory import MemoryJobStore
 from kernel.storage.sqlite import MEMORY, SQLiteStorage
 from kernel.testing.jobstore_contract import LEASE, T0, JobStoreContract, make_job
+from kernel.testing.shared_jobstore_contract import SharedJobStoreContract
 
 
 class TestMemoryJobStore(JobStoreContract):
@@ -34,6 +36,22 @@ class TestMemoryJobStore(JobStoreContract):
 class TestSQLiteJobStore(JobStoreContract):
     @pytest.fixture
     async def job_store(self, tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+        async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
+            yield store
+
+
+class TestSQLiteSharedFile(SharedJobStoreContract):
+    """Two handles on one SQLite file, as two processes on one host have."""
+
+    listens_across_nodes = False
+
+    @pytest.fixture
+    async def node_a(self, tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+        async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
+            yield store
+
+    @pytest.fixture
+    async def node_b(self, tmp_path: Path, node_a: SQLiteStorage) -> AsyncIterator[SQLiteStorage]:
         async with await SQLiteStorage.open(tmp_path / "jobs.db") as store:
             yield store
 

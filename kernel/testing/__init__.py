@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kernel.testing.bus_contract import BusContract
     from kernel.testing.jobstore_contract import JobStoreContract
     from kernel.testing.notifier_contract import NotifierContract
+    from kernel.testing.shared_jobstore_contract import SharedJobStoreContract
     from kernel.testing.storage_contract import StorageContract
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "JobStoreContract",
     "NotifierContract",
     "RecordingNotifier",
+    "SharedJobStoreContract",
     "StorageContract",
 ]
 
@@ -45,6 +47,7 @@ _LAZY = {
     "BusContract": "kernel.testing.bus_contract",
     "JobStoreContract": "kernel.testing.jobstore_contract",
     "NotifierContract": "kernel.testing.notifier_contract",
+    "SharedJobStoreContract": "kernel.testing.shared_jobstore_contract",
     "StorageContract": "kernel.testing.storage_contract",
 }
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +28,7 @@ import trio
 from kernel.errors import StorageError
 from kernel.ports import JobRecord, JobState, JobStore
 from kernel.storage.base import to_epoch_micros
-from kernel.testing.node import ANCHOR, SCHEDULES, TICKS, WORK
+from kernel.testing.node import ANCHOR, SCHEDULES, TICKS, WORK, wall_us
 
 T = TypeVar("T")
 
@@ -363,3 +365,37 @@ def check_outcome(
             (start.schedule, start.fire_time) == (row.schedule, row.fire_time)
             for start in starts_of_row
         )
+
+
+async def check_idle_wakeups(
+    storage: JobStore, cluster: Cluster, *, rounds: int, pause: float
+) -> str:
+    """Enqueue one job at a time into an idle, already started cluster: each
+    must start within `WAKE_BOUND` (a node is woken, not polling), and the
+    nodes must stop cleanly after. ``pause`` lets the cluster go idle between
+    rounds. Returns a line saying how long the starts took, and where."""
+    latencies: list[float] = []
+    takers: list[str] = []
+    for n in range(rounds):
+        name = f"idle-{n}"
+        sent = wall_us()
+        await enqueue_work(storage, [name])
+        try:
+            mine = await wait_for(
+                functools.partial(started_by, cluster.log, name), within=WAKE_BOUND, every=0.002
+            )
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"{name} did not start in {WAKE_BOUND} s\n{cluster.all_stderr()}"
+            ) from None
+        latencies.append((mine.at_us - sent) / 1000)
+        takers.append(mine.node)
+        await wait_until_done(storage, cluster)
+        await trio.sleep(pause)  # idle again
+    codes = await cluster.stop()
+    assert set(codes.values()) == {0}, cluster.all_stderr()
+    return (
+        f"enqueue -> start on an idle cluster, ms: min {min(latencies):.1f}, "
+        f"median {statistics.median(latencies):.1f}, max {max(latencies):.1f}; "
+        f"taken by {collections.Counter(takers)}"
+    )

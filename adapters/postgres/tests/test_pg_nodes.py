@@ -22,7 +22,6 @@ one would break every connection the other tests hold, the session's
 
 from __future__ import annotations
 
-import collections
 import functools
 import glob
 import os
@@ -31,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import tempfile
 import time
@@ -54,6 +52,7 @@ from kernel.testing.cluster import (
     READY_TIMEOUT,
     WAKE_BOUND,
     Row,
+    check_idle_wakeups,
     check_outcome,
     count_done,
     enqueue_work,
@@ -417,8 +416,6 @@ async def test_an_idle_cluster_starts_a_new_job_at_once(
 ) -> None:
     rounds = 10
     node_url = with_options(pg_server, schema=schema, pool_size=2, application_name=app_name)
-    latencies: list[float] = []
-    takers: list[str] = []
     async with (
         await open_storage(pg_url) as storage,
         open_cluster(node_url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
@@ -428,26 +425,4 @@ async def test_an_idle_cluster_starts_a_new_job_at_once(
         # its LISTEN is active, and a job enqueued in between waits for the
         # next wake-up (on an idle cluster, for ever)
         await trio.sleep(1.0)
-        for n in range(rounds):
-            name = f"idle-{n}"
-            sent = wall_us()
-            await enqueue_work(storage, [name])
-            try:
-                mine = await wait_for(
-                    functools.partial(started_by, cluster.log, name), within=WAKE_BOUND, every=0.002
-                )
-            except trio.TooSlowError:
-                raise AssertionError(
-                    f"{name} did not start in {WAKE_BOUND} s\n{cluster.all_stderr()}"
-                ) from None
-            latencies.append((mine.at_us - sent) / 1000)
-            takers.append(mine.node)
-            await wait_until_done(storage, cluster)
-            await trio.sleep(0.2)  # idle again
-        codes = await cluster.stop()
-        assert set(codes.values()) == {0}, cluster.all_stderr()
-    print(
-        f"enqueue -> start on an idle cluster, ms: min {min(latencies):.1f}, "
-        f"median {statistics.median(latencies):.1f}, max {max(latencies):.1f}; "
-        f"taken by {collections.Counter(takers)}"
-    )
+        print(await check_idle_wakeups(storage, cluster, rounds=rounds, pause=0.2))

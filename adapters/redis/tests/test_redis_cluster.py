@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import coredis.exceptions
 import pytest
@@ -20,11 +20,10 @@ from redis_helpers import (
     with_options,
 )
 
-from kernel.errors import BusError, JobConflict, StorageClosed, StorageError
-from kernel.jobs.queue import JobQueue
-from kernel.ports import JSON, EnqueueListener, JobRecord, JobState
+from kernel.errors import BusError, StorageClosed, StorageError
+from kernel.ports import JSON, JobState
 from kernel.testing.jobstore_contract import LEASE, T0, make_job
-from kernel.time.scheduler import open_scheduler
+from kernel.testing.shared_jobstore_contract import SharedJobStoreContract, Wakes
 from kernel_redis import RedisBus, RedisStorage, open_bus, open_storage
 
 WAIT = 10.0
@@ -43,78 +42,14 @@ async def node_b(redis_url: str) -> AsyncIterator[RedisStorage]:
         yield storage
 
 
-class Wakes:
-    """A ``wake`` callback that remembers which queues were woken."""
+class TestSharedJobStore(SharedJobStoreContract):
+    """Two nodes (two pools) on one server: the shared job-store contract,
+    with this module's ``node_a`` and ``node_b``."""
 
-    def __init__(self) -> None:
-        self.queues: list[str] = []
-        self._changed = trio.Event()
-
-    def __call__(self, queue: str) -> None:
-        self.queues.append(queue)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, queue: str) -> None:
-        with trio.fail_after(WAIT):
-            while queue not in self.queues:
-                await self._changed.wait()
+    wait = WAIT
 
 
 # -- jobs across nodes -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("aging", [None, timedelta(seconds=60)])
-async def test_two_nodes_never_claim_the_same_job(
-    node_a: RedisStorage, node_b: RedisStorage, aging: timedelta | None
-) -> None:
-    count = 300
-    for index in range(count):
-        await (node_a if index % 2 else node_b).enqueue(
-            make_job(priority=index % 5, at=-timedelta(seconds=index))
-        )
-    taken: dict[str, list[str]] = {}
-
-    async def worker(node: RedisStorage, name: str) -> None:
-        while batch := await node.claim(
-            "default", worker=name, now=T0, lease=LEASE, limit=7, aging=aging
-        ):
-            for job in batch:
-                taken.setdefault(job.id, []).append(name)
-
-    with trio.fail_after(WAIT * 3):
-        async with trio.open_nursery() as nursery:
-            for index in range(6):
-                nursery.start_soon(worker, node_a if index % 2 else node_b, f"w{index}")
-    assert len(taken) == count
-    assert all(len(workers) == 1 for workers in taken.values())
-    assert len(await node_a.list_jobs(state=JobState.running, limit=1000)) == count
-
-
-async def test_a_slot_enqueued_from_two_nodes_is_stored_once(
-    node_a: RedisStorage, node_b: RedisStorage
-) -> None:
-    results: list[bool] = []
-
-    async def fire(node: RedisStorage) -> None:
-        _, stored = await node.enqueue(make_job(schedule="nightly", fire_time=T0))
-        results.append(stored)
-
-    async with trio.open_nursery() as nursery:
-        for index in range(16):
-            nursery.start_soon(fire, node_a if index % 2 else node_b)
-    assert sorted(results) == [False] * 15 + [True]
-    assert len(await node_b.list_jobs()) == 1
-    assert await node_a.claim_slot("nightly", T0) is False
-
-
-async def test_a_reused_id_with_a_held_dedup_key_is_a_conflict(node_a: RedisStorage) -> None:
-    job, _ = await node_a.enqueue(make_job(dedup_key="k"))
-    with pytest.raises(JobConflict):
-        await node_a.enqueue(make_job(id=job.id, dedup_key="k"))
-    with pytest.raises(JobConflict):
-        await node_a.enqueue(make_job(id=job.id, dedup_key="k", schedule="s", fire_time=T0))
-    assert await node_a.claim_slot("s", T0) is True
 
 
 async def test_prefixes_keep_kernels_apart(redis_server: str, prefix: str) -> None:
@@ -178,30 +113,6 @@ async def test_the_kernel_opens_redis_by_its_url(redis_url: str) -> None:
 
 
 # -- waking idle nodes ---------------------------------------------------------------
-
-
-async def test_a_node_wakes_when_another_enqueues(
-    node_a: RedisStorage, node_b: RedisStorage
-) -> None:
-    wakes = Wakes()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node_a.listen_enqueued, wakes)
-        await node_b.enqueue(make_job(queue="mail"))
-        await wakes.wait_for("mail")
-        # due-time changes wake too; claims and completions do not
-        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
-        assert await node_b.retry_later(job.id, worker="w", error="x", run_at=T0)
-        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
-        assert await node_b.release(job.id, worker="w", run_at=T0)
-        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
-        assert await node_b.reap_expired(T0 + LEASE) == [job.id]
-        (job,) = await node_b.claim("mail", worker="w", now=T0, lease=LEASE)
-        assert await node_b.bury(job.id, worker="w", error="x", now=T0)
-        assert await node_b.retry_dead(job.id, now=T0) is not None
-        await node_b.enqueue(make_job(queue="sentinel"))
-        await wakes.wait_for("sentinel")
-        assert wakes.queues == ["mail"] * 5 + ["sentinel"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_the_listener_reconnects_and_wakes_every_queue_with_jobs(
@@ -439,41 +350,3 @@ async def test_an_error_inside_a_subscription_is_not_wrapped(redis_url: str) -> 
 
 
 # -- the kernel's job queue on top ---------------------------------------------------
-
-
-async def test_an_idle_kernel_queue_runs_a_job_another_node_enqueued(redis_url: str) -> None:
-    ran = trio.Event()
-    seen: list[str] = []
-
-    async def hello(name: str) -> None:
-        seen.append(name)
-        ran.set()
-
-    async with (
-        await open_storage(redis_url) as store_a,
-        await open_storage(redis_url) as store_b,
-        open_scheduler() as scheduler,
-        trio.open_nursery() as nursery,
-    ):
-        assert isinstance(store_a, EnqueueListener)
-        queue = JobQueue(store_a, scheduler, worker="node-a")
-        queue.register("hello", hello, queue="mail")
-        await nursery.start(queue.run)
-        await trio.sleep(0.2)  # idle: nothing due, no timer armed
-        now = datetime.now(UTC)
-        job, _ = await store_b.enqueue(
-            JobRecord(task="hello", args=["from b"], queue="mail", run_at=now, enqueued_at=now)
-        )
-        with trio.fail_after(WAIT):
-            await ran.wait()
-        outcome: tuple[JobState, str | None] | None = None
-        for _ in range(500):  # the outcome is stored just after the task returns
-            done = await store_b.get_job(job.id)
-            assert done is not None
-            outcome = (done.state, done.worker)
-            if done.state is JobState.succeeded:
-                break
-            await trio.sleep(0.02)
-        assert seen == ["from b"]
-        assert outcome == (JobState.succeeded, "node-a")
-        nursery.cancel_scope.cancel()

@@ -27,7 +27,6 @@ import collections
 import functools
 import re
 import signal
-import statistics
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from kernel.testing.cluster import (
     READY_TIMEOUT,
     WAKE_BOUND,
     Row,
+    check_idle_wakeups,
     check_outcome,
     count_done,
     enqueue_work,
@@ -322,8 +322,6 @@ async def test_an_idle_cluster_starts_a_new_job_at_once(
 ) -> None:
     rounds = 20
     url = with_options(redis_server, prefix=prefix, pool_size=2, client_name=f"{client_name}-node")
-    latencies: list[float] = []
-    takers: list[str] = []
     async with (
         await open_storage(redis_url) as storage,
         open_cluster(url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
@@ -332,26 +330,4 @@ async def test_an_idle_cluster_starts_a_new_job_at_once(
         # idle, and every node subscribed: `JobQueue.run` may report started
         # before its subscription is active
         await trio.sleep(1.0)
-        for n in range(rounds):
-            name = f"idle-{n}"
-            sent = wall_us()
-            await enqueue_work(storage, [name])
-            try:
-                mine = await wait_for(
-                    functools.partial(started_by, cluster.log, name), within=WAKE_BOUND, every=0.002
-                )
-            except trio.TooSlowError:
-                raise AssertionError(
-                    f"{name} did not start in {WAKE_BOUND} s\n{cluster.all_stderr()}"
-                ) from None
-            latencies.append((mine.at_us - sent) / 1000)
-            takers.append(mine.node)
-            await wait_until_done(storage, cluster)
-            await trio.sleep(0.1)  # idle again
-        codes = await cluster.stop()
-        assert set(codes.values()) == {0}, cluster.all_stderr()
-    print(
-        f"enqueue -> start on an idle cluster, ms: min {min(latencies):.1f}, "
-        f"median {statistics.median(latencies):.1f}, max {max(latencies):.1f}; "
-        f"taken by {collections.Counter(takers)}"
-    )
+        print(await check_idle_wakeups(storage, cluster, rounds=rounds, pause=0.1))
