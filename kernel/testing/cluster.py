@@ -27,8 +27,16 @@ import trio
 
 from kernel.errors import StorageError
 from kernel.ports import JobRecord, JobState, JobStore
-from kernel.storage.base import to_epoch_micros
-from kernel.testing.node import ANCHOR, SCHEDULES, TICKS, WORK, wall_us
+from kernel.storage.base import lease_expired_error, to_epoch_micros
+from kernel.testing.node import (
+    ANCHOR,
+    CONCURRENCY,
+    SCHEDULES,
+    TICK_CONCURRENCY,
+    TICKS,
+    WORK,
+    wall_us,
+)
 
 T = TypeVar("T")
 
@@ -399,3 +407,67 @@ async def check_idle_wakeups(
         f"median {statistics.median(latencies):.1f}, max {max(latencies):.1f}; "
         f"taken by {collections.Counter(takers)}"
     )
+
+
+def most_unsettled(concurrency: int) -> int:
+    """The most jobs of one queue a node holds and may have started without
+    their outcome stored: those running, those whose function returned but
+    whose success waits for the next round trip (at most a round's worth),
+    and the prefetch (a quarter of the concurrency, claimed, not started)."""
+    return 2 * concurrency + concurrency // 4
+
+
+def check_after_kill(
+    *,
+    rows: list[Row],
+    slots: list[tuple[str, int]],
+    starts: list[Start],
+    dones: list[Done],
+    labels: set[str],
+    cut_us: int,
+    victim: str,
+    killed_at: int,
+) -> None:
+    """`check_outcome` after one node, ``victim``, was killed at
+    ``killed_at``: the jobs it held went back to the queue when their lease
+    ran out (the reaper says so in ``last_error``) and finished on a
+    survivor; only those ran twice, and what its log says it was running is
+    among them."""
+    by_id = {row.id: row for row in rows}
+    reaped = {row.id for row in rows if row.last_error is not None}
+    held = {row.id for row in rows if row.last_error == lease_expired_error(victim)}
+    print(f"{victim} held {len(held)} job(s) when killed: {sorted(held)}")
+    assert reaped == held, "a survivor lost a lease"
+    assert 1 <= len(held) <= most_unsettled(CONCURRENCY) + most_unsettled(TICK_CONCURRENCY), held
+    check_outcome(
+        rows=rows,
+        slots=slots,
+        starts=starts,
+        dones=dones,
+        labels=labels,
+        cut_us=cut_us,
+        suspects={victim},
+        max_repeats=len(held),
+        max_tick_repeats=len(held),
+    )
+    repeated = {done.label for done in dones if done.node != victim} & {
+        done.label for done in dones if done.node == victim
+    }
+    assert repeated <= held, repeated - held
+    finished_elsewhere = {done.label: done for done in dones if done.node != victim}
+    for job_id in held:
+        row = by_id[job_id]
+        assert row.state == "succeeded", row
+        assert row.worker != victim, row
+        assert row.attempts >= 2, row
+        if row.queue == WORK:
+            assert finished_elsewhere[job_id].at_us > killed_at, row
+    in_flight = {s.job_id for s in starts if s.node == victim and by_id[s.job_id].worker != victim}
+    assert in_flight <= held, in_flight - held
+    waits = [
+        (finished_elsewhere[job_id].at_us - killed_at) / 1e6
+        for job_id in held
+        if job_id in finished_elsewhere
+    ]
+    if waits:  # (they could all have been schedule jobs)
+        print(f"reclaimed jobs finished {min(waits):.2f}-{max(waits):.2f} s after the kill")

@@ -44,7 +44,6 @@ import trio
 from pg_helpers import Admin, with_options
 
 from kernel.errors import StorageError
-from kernel.storage.base import lease_expired_error
 from kernel.testing.cluster import (
     DONE_TIMEOUT,
     NODES,
@@ -52,12 +51,14 @@ from kernel.testing.cluster import (
     READY_TIMEOUT,
     WAKE_BOUND,
     Row,
+    check_after_kill,
     check_idle_wakeups,
     check_outcome,
     count_done,
     enqueue_work,
     label,
     live_work,
+    most_unsettled,
     open_cluster,
     read_log,
     started_by,
@@ -70,7 +71,6 @@ from kernel.testing.node import (
     SCHEDULES,
     TICK_CONCURRENCY,
     TICKS,
-    WORK,
     wall_us,
 )
 from kernel_postgres import open_storage, upgrade
@@ -116,14 +116,6 @@ async def wait_ticks_done(connection: Admin, schema: str, cut_us: int) -> None:
     await wait_until(
         lambda: connection.execute(sql, (TICKS, cut_us)).fetchone() == (0,), within=DONE_TIMEOUT
     )
-
-
-def most_unsettled(concurrency: int) -> int:
-    """The most jobs of one queue a node holds and may have started without
-    their outcome stored: those running, those finished whose success waits
-    for the next round trip (at most a round's worth), and the prefetch (a
-    quarter of the concurrency, claimed but not started)."""
-    return 2 * concurrency + concurrency // 4
 
 
 # -- a private server, to restart ------------------------------------------------
@@ -288,46 +280,16 @@ async def test_a_node_killed_mid_run_loses_nothing(
         stderr = cluster.all_stderr()
     print(f"run took {time.monotonic() - began:.1f} s")
     starts, dones = read_log(cluster.log)
-    rows = read_rows(admin, schema)
-    check_outcome(
-        rows=rows,
+    check_after_kill(
+        rows=read_rows(admin, schema),
         slots=read_slots(admin, schema),
         starts=starts,
         dones=dones,
         labels=set(labels),
         cut_us=cut_us,
-        suspects={victim.name},
-        max_repeats=most_unsettled(CONCURRENCY),
-        max_tick_repeats=most_unsettled(TICK_CONCURRENCY),
+        victim=victim.name,
+        killed_at=killed_at,
     )
-    # the jobs the victim held went back to the queue when their lease ran
-    # out (the reaper says so in last_error), and finished on a survivor
-    by_id = {row.id: row for row in rows}
-    reaped = {row.id for row in rows if row.last_error is not None}
-    held = {row.id for row in rows if row.last_error == lease_expired_error(victim.name)}
-    print(f"{victim.name} held {len(held)} job(s) when killed: {sorted(held)}")
-    assert reaped == held, "a survivor lost a lease"
-    assert 1 <= len(held) <= most_unsettled(CONCURRENCY) + most_unsettled(TICK_CONCURRENCY), held
-    finished_elsewhere = {done.label: done for done in dones if done.node != victim.name}
-    for job_id in held:
-        row = by_id[job_id]
-        assert row.state == "succeeded", row
-        assert row.worker != victim.name, row
-        assert row.attempts >= 2, row
-        if row.queue == WORK:
-            assert finished_elsewhere[job_id].at_us > killed_at, row
-    # what its log says it was running is among them
-    in_flight = {
-        s.job_id for s in starts if s.node == victim.name and by_id[s.job_id].worker != victim.name
-    }
-    assert in_flight <= held, in_flight - held
-    waits = [
-        (finished_elsewhere[job_id].at_us - killed_at) / 1e6
-        for job_id in held
-        if job_id in finished_elsewhere
-    ]
-    if waits:  # (they could all have been schedule jobs)
-        print(f"reclaimed jobs finished {min(waits):.2f}-{max(waits):.2f} s after the kill")
     assert " ERROR " not in stderr, stderr
 
 

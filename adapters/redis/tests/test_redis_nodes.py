@@ -35,7 +35,7 @@ import trio
 from redis_helpers import admin_client, kill_clients, with_options
 
 from kernel.ports import JobState
-from kernel.storage.base import lease_expired_error, to_epoch_micros
+from kernel.storage.base import to_epoch_micros
 from kernel.testing.cluster import (
     DONE_TIMEOUT,
     NODES,
@@ -43,6 +43,7 @@ from kernel.testing.cluster import (
     READY_TIMEOUT,
     WAKE_BOUND,
     Row,
+    check_after_kill,
     check_idle_wakeups,
     check_outcome,
     count_done,
@@ -60,7 +61,6 @@ from kernel.testing.node import (
     SCHEDULES,
     TICK_CONCURRENCY,
     TICKS,
-    WORK,
     wall_us,
 )
 from kernel_redis import RedisStorage, open_storage
@@ -187,55 +187,16 @@ async def test_a_node_killed_mid_run_loses_nothing(
         stderr = cluster.all_stderr()
     print(f"run took {time.monotonic() - began:.1f} s")
     starts, dones = read_log(cluster.log)
-    rows = await read_rows(redis_server, prefix)
-    # the jobs the victim held went back to the queue when their lease ran
-    # out (the reaper says so in last_error), and finished on a survivor
-    by_id = {row.id: row for row in rows}
-    reaped = {row.id for row in rows if row.last_error is not None}
-    held = {row.id for row in rows if row.last_error == lease_expired_error(victim.name)}
-    print(f"{victim.name} held {len(held)} job(s) when killed: {sorted(held)}")
-    assert reaped == held, "a survivor lost a lease"
-    # what a node holds: the jobs running, those claimed ahead (the workers'
-    # default prefetch, concurrency // 4), and those whose function returned
-    # but whose outcome waits for the next round trip (one per slot at most)
-    in_flight_bound = sum(2 * (n + n // 4) for n in (CONCURRENCY, TICK_CONCURRENCY))
-    assert 1 <= len(held) <= in_flight_bound, held
-    # only those can run twice: repeats are bounded by what was in flight
-    check_outcome(
-        rows=rows,
+    check_after_kill(
+        rows=await read_rows(redis_server, prefix),
         slots=await read_slots(redis_server, prefix),
         starts=starts,
         dones=dones,
         labels=set(labels),
         cut_us=cut_us,
-        suspects={victim.name},
-        max_repeats=len(held),
-        max_tick_repeats=len(held),
+        victim=victim.name,
+        killed_at=killed_at,
     )
-    repeated = {done.label for done in dones if done.node != victim.name} & {
-        done.label for done in dones if done.node == victim.name
-    }
-    assert repeated <= held, repeated - held
-    finished_elsewhere = {done.label: done for done in dones if done.node != victim.name}
-    for job_id in held:
-        row = by_id[job_id]
-        assert row.state == "succeeded", row
-        assert row.worker != victim.name, row
-        assert row.attempts >= 2, row
-        if row.queue == WORK:
-            assert finished_elsewhere[job_id].at_us > killed_at, row
-    # what its log says it was running is among them
-    in_flight = {
-        s.job_id for s in starts if s.node == victim.name and by_id[s.job_id].worker != victim.name
-    }
-    assert in_flight <= held, in_flight - held
-    waits = [
-        (finished_elsewhere[job_id].at_us - killed_at) / 1e6
-        for job_id in held
-        if job_id in finished_elsewhere
-    ]
-    if waits:  # (they could all have been schedule jobs)
-        print(f"reclaimed jobs finished {min(waits):.2f}-{max(waits):.2f} s after the kill")
     assert " ERROR " not in stderr, stderr
 
 
