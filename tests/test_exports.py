@@ -202,6 +202,7 @@ SURFACE: dict[str, list[str]] = {
         "effective_priority",
         "finished_state",
         "from_epoch_micros",
+        "job_list_filter",
         "lease_expired_error",
         "now_or_wall_clock",
         "schedule_state_object",

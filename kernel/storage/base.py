@@ -67,6 +67,7 @@ __all__ = [
     "effective_priority",
     "finished_state",
     "from_epoch_micros",
+    "job_list_filter",
     "lease_expired_error",
     "now_or_wall_clock",
     "schedule_state_object",
@@ -233,6 +234,33 @@ def schedule_state_object(state: object) -> dict[str, JSON]:
 def now_or_wall_clock(now: datetime | None) -> datetime:
     """``now`` checked (`utc_datetime`), or the wall clock when None."""
     return datetime.now(UTC) if now is None else utc_datetime(now, field="now")
+
+
+def job_list_filter(
+    *,
+    state: JobState | None,
+    queue: str | None,
+    after_id: str | None,
+    limit: int,
+    placeholder: str,
+) -> tuple[str, list[object]]:
+    """What a SQL store's `list_jobs` selects by, each argument checked: the
+    ``WHERE`` clause (with a leading space; empty for no filter) and its
+    parameters, the limit last for the ``LIMIT`` that follows the order.
+    ``placeholder`` is the driver's (``?`` for sqlite3, ``%s`` for psycopg)."""
+    conditions: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        conditions.append(f"state = {placeholder}")
+        params.append(validate_state(state).value)
+    if queue is not None:
+        conditions.append(f"queue = {placeholder}")
+        params.append(validate_name("queue", queue))
+    if after_id is not None:
+        conditions.append(f"id > {placeholder}")
+        params.append(validate_job_id(after_id))
+    params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
+    return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), params
 
 
 def lease_expired_error(worker: str | None) -> str:

@@ -59,13 +59,13 @@ from kernel.ports import (
 )
 from kernel.storage.base import (
     MAX_CLAIM_LIMIT,
-    MAX_LIST_LIMIT,
     check_enqueue,
     claim_order,
     clean_error_text,
     dedup_conflict_reason,
     finished_state,
     from_epoch_micros,
+    job_list_filter,
     lease_expired_error,
     now_or_wall_clock,
     schedule_state_object,
@@ -81,7 +81,6 @@ from kernel.storage.base import (
     validate_name,
     validate_namespace,
     validate_prefix,
-    validate_state,
 )
 from kernel_postgres._listen import listen
 from kernel_postgres._pool import Connection, Database
@@ -965,19 +964,9 @@ class PostgresStorage:
         after_id: str | None = None,
         payloads: bool = True,
     ) -> list[JobRecord]:
-        conditions: list[str] = []
-        params: list[object] = []
-        if state is not None:
-            conditions.append("state = %s")
-            params.append(validate_state(state).value)
-        if queue is not None:
-            conditions.append("queue = %s")
-            params.append(validate_name("queue", queue))
-        if after_id is not None:
-            conditions.append("id > %s")
-            params.append(validate_job_id(after_id))
-        params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        where, params = job_list_filter(
+            state=state, queue=queue, after_id=after_id, limit=limit, placeholder="%s"
+        )
         select = self._sql.list_jobs if payloads else self._sql.list_jobs_no_payload
         rows = await self._db.run(
             _rows(f"{select}{where} ORDER BY id LIMIT %s", params), idempotent=True

@@ -61,16 +61,16 @@ from kernel.errors import (
     StorageError,
     StorageLost,
 )
-from kernel.jobs.record import JobRecord, JobState, validate_state
+from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JSON, JobStore, JSONLike, Storage, copy_json
 from kernel.storage.base import (
     MAX_CLAIM_LIMIT,
-    MAX_LIST_LIMIT,
     check_enqueue,
     claim_order,
     clean_error_text,
     finished_state,
     from_epoch_micros,
+    job_list_filter,
     now_or_wall_clock,
     schedule_state_object,
     to_epoch_micros,
@@ -541,22 +541,12 @@ class SQLiteStorage:
         after_id: str | None = None,
         payloads: bool = True,
     ) -> list[JobRecord]:
-        conditions: list[str] = []
-        params: list[object] = []
-        if state is not None:
-            conditions.append("state = ?")
-            params.append(validate_state(state).value)
-        if queue is not None:
-            conditions.append("queue = ?")
-            params.append(validate_name("queue", queue))
-        if after_id is not None:
-            conditions.append("id > ?")
-            params.append(validate_job_id(after_id))
-        params.append(validate_limit(limit, maximum=MAX_LIST_LIMIT))
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        where, params = job_list_filter(
+            state=state, queue=queue, after_id=after_id, limit=limit, placeholder="?"
+        )
         columns = JOB_COLUMNS if payloads else JOB_COLUMNS_NO_PAYLOAD
         rows = await self._call(
-            fetch_all(f"SELECT {columns} FROM kernel_jobs {where}ORDER BY id LIMIT ?", params)
+            fetch_all(f"SELECT {columns} FROM kernel_jobs{where} ORDER BY id LIMIT ?", params)
         )
         return [job_from_row(row) for row in rows]
 
