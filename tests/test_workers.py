@@ -433,3 +433,52 @@ async def test_a_queue_stops_then_serves_again(autojump_clock: MockClock) -> Non
             await queue.enqueue("t", 2)
             await trio.sleep(1)
     assert ran == [1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------
+
+
+class CountingStore(MemoryJobStore):
+    """A memory store that counts the claimer's round trips."""
+
+    rounds = 0
+
+    async def complete_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.rounds += 1
+        return await super().complete_and_claim(*args, **kwargs)
+
+
+async def test_jobs_enqueued_in_a_loop_are_claimed_and_completed_in_few_round_trips(
+    autojump_clock: MockClock,
+) -> None:
+    store = CountingStore()
+    done: list[int] = []
+    async with scheduler_at_t0() as scheduler:
+        queue = make_queue(scheduler, store)
+        queue.register("noop", lambda n: done.append(n))
+        queue.configure("default", concurrency=64)
+        async with serving(queue):
+            for n in range(400):
+                await queue.enqueue("noop", n)
+            while len(done) < 400 or queue.running("default"):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await queue.wait_idle("default")
+    assert sorted(done) == list(range(400))
+    assert all(job.state is JobState.succeeded for job in await store.list_jobs(limit=1000))
+    # a round trip for each enqueue (and each completion) would be 400 or more
+    assert store.rounds < 400 // 3, store.rounds
+
+
+async def test_a_lone_job_is_claimed_at_once(autojump_clock: MockClock) -> None:
+    started: list[float] = []
+    async with scheduler_at_t0() as scheduler:
+        queue = make_queue(scheduler)
+        queue.register("noop", lambda: started.append(trio.current_time()))
+        async with serving(queue):
+            await trio.sleep(5)
+            enqueued = trio.current_time()
+            await queue.enqueue("noop")
+            await trio.sleep(1)
+    assert started == [enqueued]  # no timer, no poll: the claimer was woken
