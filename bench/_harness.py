@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Sequence
 
 __all__ = ["load", "percentile", "spread", "wait_idle"]
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile (0-100) of ``values``; NaN if none."""
     if not values:
         return float("nan")
@@ -36,7 +37,7 @@ def wait_idle(limit_s: float, below: float = 1.0) -> bool:
     return os.getloadavg()[0] < below
 
 
-def spread(values: list[float], digits: int = 0) -> str:
+def spread(values: Sequence[float], digits: int = 0) -> str:
     """One run's figure, or the median and range of several: ``m (lo-hi)``."""
     if not values:
         return "-"
