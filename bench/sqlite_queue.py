@@ -99,6 +99,18 @@ async def prefill(queue: JobQueue, count: int) -> None:
         left -= batch
 
 
+def io_bytes() -> tuple[int, int]:
+    """Bytes this process has read and written through system calls so far
+    (Linux's /proc/self/io ``rchar``, ``wchar``): SQLite's page reads that
+    missed its own cache, and its WAL appends and checkpoints."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return (0, 0)
+    fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
+    return int(fields["rchar"]), int(fields["wchar"])
+
+
 def queued_count(path: Path) -> int:
     """Queued jobs in the file, read on a connection of our own (WAL readers
     do not block the writer); called once the window is closed."""
@@ -130,12 +142,14 @@ async def throughput_cell(spec: dict[str, Any]) -> dict[str, Any]:
             marks["cpu"] = time.process_time()
             marks["trio_cpu"] = time.thread_time()
             marks["enqueued"] = enqueued
+            marks["read"], marks["written"] = io_bytes()
             window_open.set()
         elif calls == last:
             marks["end"] = time.perf_counter()
             marks["cpu_end"] = time.process_time()
             marks["trio_cpu_end"] = time.thread_time()
             marks["enqueued_end"] = enqueued
+            marks["read_end"], marks["written_end"] = io_bytes()
             window_closed.set()
 
     async def produce() -> None:
@@ -185,6 +199,8 @@ async def throughput_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "trio_us": trio_cpu / n * 1e6,
         "thread_us": (all_cpu - trio_cpu) / n * 1e6,
         "wall_us": elapsed / n * 1e6,
+        "read_kib": (marks["read_end"] - marks["read"]) / n / 1024,
+        "written_kib": (marks["written_end"] - marks["written"]) / n / 1024,
     }
 
 
@@ -256,9 +272,9 @@ def part_throughput(args: argparse.Namespace) -> None:
     )
     print(
         "| synchronous | backlog | jobs/s | vs goal | enqueue /s | queued at end "
-        "| trio µs/job | store thread µs/job | fill /s |"
+        "| trio µs/job | store thread µs/job | read KiB/job | written KiB/job | fill /s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for synchronous in args.synchronous:
         medians: dict[int, float] = {}
         for backlog in args.backlogs:
@@ -280,7 +296,7 @@ def part_throughput(args: argparse.Namespace) -> None:
                 else:
                     runs.append(result)
             if not runs:
-                print(f"| {synchronous} | {backlog:,} | error | | | | | | |", flush=True)
+                print(f"| {synchronous} | {backlog:,} | error |" + " |" * 8, flush=True)
                 continue
 
             def of(key: str, runs: list[dict[str, Any]] = runs) -> list[float]:
@@ -292,7 +308,8 @@ def part_throughput(args: argparse.Namespace) -> None:
                 f"| {synchronous} | {backlog:,} | {spread(of('per_s'))} "
                 f"| {rate / GOAL_PER_S:.2f}x | {spread(of('enqueue_per_s'))} "
                 f"| {spread(of('queued_at_end'))} | {spread(of('trio_us'))} "
-                f"| {spread(of('thread_us'))} | {spread(of('fill_per_s'))} |",
+                f"| {spread(of('thread_us'))} | {spread(of('read_kib'), 1)} "
+                f"| {spread(of('written_kib'), 1)} | {spread(of('fill_per_s'))} |",
                 flush=True,
             )
         if len(medians) > 1:
