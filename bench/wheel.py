@@ -1,31 +1,43 @@
-"""The timer wheel against heapq with lazy cancellation, side by side.
+"""The timer wheel against a plain heapq of tuples, side by side.
 
-    python bench/wheel.py            # 10^4, 10^5, 10^6 timers; spans of 1 hour and 1 day
-    python bench/wheel.py --quick    # 10^4 timers only (a smoke run)
+    python bench/wheel.py                # 10^4, 10^5, 10^6 timers; spans of 1 hour and 1 day
+    python bench/wheel.py --quick        # 10^4 timers only (a smoke run)
+    python bench/wheel.py --sizes 1000000 --spans hour --repeat 5 --wait-idle 180
 
 Per size and span, both sides get the same random deadlines (uniform over the
-span, 1 tick = 1 ms, time starts at 0) and cancel the same 10% of them. The
-baseline is the priority-queue recipe of the heapq docs: ``[deadline, seq,
-value]`` entries, cancel marks the entry, pop skips marked entries.
+span, 1 tick = 1 ms, time starts at 0). The baseline is the cheapest heapq
+timer queue there is: ``(deadline, seq, payload)`` tuples, ``heappush`` to
+arm, ``heappop`` until empty to expire, nothing else in the loop.
 
-Operations, in ns per timer (median of the repeats):
+Cancellation is measured apart, on a second run of each side that cancels
+the same 10% of the timers: the wheel by ``cancel(handle)``, the heap by
+adding the timer's ``seq`` to a set that the pop loop checks (and empties).
+That keeps the headline rows free of any cancel machinery on the heap's
+side, which only favours the baseline: the set check costs only the
+workload that cancels, and a lazily-marked list entry (the heapq docs'
+recipe) would make every entry a mutable list, slower to compare and push.
+
+Operations, in ns per timer, median (min-max) of ``--repeat`` runs (3):
 
 - insert / push: arm all N timers.
-- cancel: per cancelled timer.
 - expire, one advance: ``wheel.advance(span)`` once, against popping the heap
-  until empty; both per armed timer (the heap pops the cancelled ones too).
+  until empty.
 - expire, driver loop: ``advance(next_deadline())`` until empty, which is what
   the scheduler does when it keeps up with every deadline; against the same
-  pop-until-empty.
+  pop-until-empty (a heap's driver loop pops whatever is due: the same pops).
+- insert + expire: the sum, per run; the ratio is of the medians.
+- cancel: per cancelled timer; then insert + cancel + expire in the driver
+  loop with 10% cancelled, against push + set-add + checked pops.
 
-Then the latency of single calls in the driver loop, also for the case that
-made cascades expensive (bench/scheduler_timers.py's ``--align worst``: 10^5
-timers due within 2,000 ticks, nearly all in one level-2 slot, which one
-advance enters; a classic wheel re-inserts all of them right then), and the
-peak memory per armed timer from tracemalloc on a separate run. The garbage
-collector stays enabled, as in an application (at 10^6 live timers its full
-passes are a large and noisy share of insert / push); what exists before a
-timed run is frozen out of it.
+Then the latency of single calls in the driver loop (the wheel's bounded
+``advance``; 10% cancelled), also for the case that made cascades expensive
+(bench/scheduler_timers.py's ``--align worst``: 10^5 timers due within 2,000
+ticks, nearly all in one level-2 slot, which one advance enters; a classic
+wheel re-inserts all of them right then), and the peak memory per armed
+timer from tracemalloc on a separate run. The garbage collector stays
+enabled, as in an application (at 10^6 live timers its full passes are a
+large and noisy share of insert / push); what exists before a timed run is
+frozen out of it.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._harness import load, percentile, spread, wait_idle
 from kernel.time.wheel import TimerWheel
 
 HOUR = 3_600_000
@@ -51,9 +64,9 @@ DAY = 24 * HOUR
 CANCEL_SHARE = 0.10
 #: Ticks of the crowded-slot scenario (bench/scheduler_timers.py's 2 s window).
 CROWD_WINDOW = 2_000
-_REMOVED = object()
 
-Entry = list[Any]
+Entry = tuple[int, int, int]
+"""A heap entry: (deadline, seq, payload); seq breaks ties in insertion order."""
 
 
 def workload(n: int, span: int, seed: int) -> tuple[list[int], list[int]]:
@@ -111,35 +124,63 @@ def run_wheel(
     return {"insert": t_insert, "cancel": t_cancel, "expire": t_expire}, fired
 
 
-def run_heap(deadlines: list[int], cancels: list[int]) -> tuple[dict[str, int], list[int]]:
+def run_heap(deadlines: list[int]) -> tuple[dict[str, int], list[int]]:
+    """The baseline: plain ``(deadline, seq, payload)`` tuples, ``heappush``
+    all, ``heappop`` until empty; no cancel check in the loop at all."""
     heap: list[Entry] = []
 
-    def arm() -> list[Entry]:
+    def arm() -> None:
         push = heapq.heappush
-        entries: list[Entry] = []
-        append = entries.append
         for i, deadline in enumerate(deadlines):
-            entry: Entry = [deadline, i, i]
-            push(heap, entry)
-            append(entry)
-        return entries
-
-    def cancel() -> None:
-        for i in cancels:
-            entries[i][-1] = _REMOVED
+            push(heap, (deadline, i, i))
 
     def expire() -> list[int]:
         fired: list[int] = []
         append = fired.append
         pop = heapq.heappop
         while heap:
-            value = pop(heap)[-1]
-            if value is not _REMOVED:
-                append(value)
+            append(pop(heap)[2])
         return fired
 
     settle()
-    entries, t_push = timed(arm)
+    _, t_push = timed(arm)
+    fired, t_pop = timed(expire)
+    return {"insert": t_push, "expire": t_pop}, fired
+
+
+def run_heap_cancelling(
+    deadlines: list[int], cancels: list[int]
+) -> tuple[dict[str, int], list[int]]:
+    """The baseline with cancellation: a cancel adds the timer's ``seq`` to a
+    set, and a pop skips the entries whose ``seq`` is in it (the heap keeps
+    plain tuples; the set costs only the workloads that cancel)."""
+    heap: list[Entry] = []
+    cancelled: set[int] = set()
+
+    def arm() -> None:
+        push = heapq.heappush
+        for i, deadline in enumerate(deadlines):
+            push(heap, (deadline, i, i))
+
+    def cancel() -> None:
+        add = cancelled.add
+        for i in cancels:
+            add(i)
+
+    def expire() -> list[int]:
+        fired: list[int] = []
+        append = fired.append
+        pop = heapq.heappop
+        while heap:
+            _, seq, payload = pop(heap)
+            if seq in cancelled:
+                cancelled.discard(seq)
+            else:
+                append(payload)
+        return fired
+
+    settle()
+    _, t_push = timed(arm)
     _, t_cancel = timed(cancel)
     fired, t_pop = timed(expire)
     return {"insert": t_push, "cancel": t_cancel, "expire": t_pop}, fired
@@ -159,13 +200,8 @@ def latencies(deadlines: list[int], cancels: list[int]) -> tuple[list[int], list
         wheel.advance(deadline)
         wheel_calls.append(clock() - start)
     heap: list[Entry] = []
-    entries: list[Entry] = []
     for i, deadline in enumerate(deadlines):
-        entry: Entry = [deadline, i, i]
-        heapq.heappush(heap, entry)
-        entries.append(entry)
-    for i in cancels:
-        entries[i][-1] = _REMOVED
+        heapq.heappush(heap, (deadline, i, i))
     heap_calls: list[int] = []
     gc.collect()
     while heap:
@@ -189,18 +225,11 @@ def memory_per_timer(deadlines: list[int]) -> tuple[float, float]:
     gc.collect()
     tracemalloc.start()
     heap: list[Entry] = []
-    entries = []
     for i, deadline in enumerate(deadlines):
-        entry = [deadline, i, values[i]]
-        heapq.heappush(heap, entry)
-        entries.append(entry)
+        heapq.heappush(heap, (deadline, i, values[i]))
     heap_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return wheel_peak / n, heap_peak / n
-
-
-def percentile(sorted_values: list[int], share: float) -> int:
-    return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))]
 
 
 def fmt_us(ns: float) -> str:
@@ -211,44 +240,55 @@ def bench_size(n: int, span: int, span_name: str, repeat: int, seed: int) -> Non
     deadlines, cancels = workload(n, span, seed)
     runs: dict[str, list[float]] = {}
 
-    def record(side: str, timings: dict[str, int]) -> None:
-        runs.setdefault(f"{side} insert", []).append(timings["insert"] / n)
-        runs.setdefault(f"{side} cancel", []).append(timings["cancel"] / max(1, len(cancels)))
-        runs.setdefault(f"{side} expire", []).append(timings["expire"] / n)
+    def record(key: str, ns: int, per: int = n) -> None:
+        runs.setdefault(key, []).append(ns / max(1, per))
 
-    expected: list[int] | None = None
     for _ in range(repeat):
-        timings, heap_fired = run_heap(deadlines, cancels)
-        record("heap", timings)
-        timings, fired = run_wheel(deadlines, cancels, span, driven=False)
-        record("wheel", timings)
-        timings, driven_fired = run_wheel(deadlines, cancels, span, driven=True)
-        runs.setdefault("wheel driven", []).append(timings["expire"] / n)
-        expected = expected or heap_fired
-        if not (fired == driven_fired == heap_fired == expected):
+        heap, heap_fired = run_heap(deadlines)
+        record("heap insert", heap["insert"])
+        record("heap expire", heap["expire"])
+        record("heap both", heap["insert"] + heap["expire"])
+        once, fired = run_wheel(deadlines, [], span, driven=False)
+        record("wheel insert", once["insert"])
+        record("wheel expire", once["expire"])
+        record("wheel both", once["insert"] + once["expire"])
+        driven, driven_fired = run_wheel(deadlines, [], span, driven=True)
+        record("wheel driven", driven["expire"])
+        record("wheel driven both", driven["insert"] + driven["expire"])
+        if not fired == driven_fired == heap_fired:
             raise SystemExit("wheel and heapq disagree on the firing order")
+        heap_c, heap_c_fired = run_heap_cancelling(deadlines, cancels)
+        record("heap cancel", heap_c["cancel"], len(cancels))
+        record("heap c all", heap_c["insert"] + heap_c["cancel"] + heap_c["expire"])
+        wheel_c, wheel_c_fired = run_wheel(deadlines, cancels, span, driven=True)
+        record("wheel cancel", wheel_c["cancel"], len(cancels))
+        record("wheel c all", wheel_c["insert"] + wheel_c["cancel"] + wheel_c["expire"])
+        if wheel_c_fired != heap_c_fired:
+            raise SystemExit("wheel and heapq disagree on the firing order (with cancels)")
+
+    def cell(key: str) -> str:
+        return spread(runs[key]) if len(runs[key]) > 1 else f"{runs[key][0]:,.0f}"
 
     med = {key: statistics.median(values) for key, values in runs.items()}
     rows = [
-        ("insert / push", med["wheel insert"], med["heap insert"]),
-        ("cancel (per cancelled timer)", med["wheel cancel"], med["heap cancel"]),
-        ("expire: one advance / pop all", med["wheel expire"], med["heap expire"]),
-        ("expire: driver loop / pop all", med["wheel driven"], med["heap expire"]),
-        (
-            "insert + expire (one advance)",
-            med["wheel insert"] + med["wheel expire"],
-            med["heap insert"] + med["heap expire"],
-        ),
-        (
-            "insert + expire (driver loop)",
-            med["wheel insert"] + med["wheel driven"],
-            med["heap insert"] + med["heap expire"],
-        ),
+        ("insert / push", "wheel insert", "heap insert"),
+        ("expire: one advance / pop all", "wheel expire", "heap expire"),
+        ("expire: driver loop / pop all", "wheel driven", "heap expire"),
+        ("insert + expire (one advance)", "wheel both", "heap both"),
+        ("insert + expire (driver loop)", "wheel driven both", "heap both"),
+        ("cancel (per cancelled timer)", "wheel cancel", "heap cancel"),
+        ("insert + cancel 10% + expire (driver)", "wheel c all", "heap c all"),
     ]
-    print(f"\nN = {n:,}, deadlines uniform over 1 {span_name} ({span:,} ticks), median of {repeat}")
-    print(f"  {'ns per timer':<32}{'wheel':>10}{'heapq':>10}{'wheel/heapq':>13}")
-    for name, wheel_ns, heap_ns in rows:
-        print(f"  {name:<32}{wheel_ns:>10,.0f}{heap_ns:>10,.0f}{wheel_ns / heap_ns:>13.2f}")
+    print(
+        f"\nN = {n:,}, deadlines uniform over 1 {span_name} ({span:,} ticks), "
+        f"median (min-max) of {repeat}"
+    )
+    print(f"  {'ns per timer':<38}{'wheel':>24}{'heapq':>24}{'wheel/heapq':>13}")
+    for name, wheel_key, heap_key in rows:
+        print(
+            f"  {name:<38}{cell(wheel_key):>24}{cell(heap_key):>24}"
+            f"{med[wheel_key] / med[heap_key]:>13.2f}"
+        )
 
 
 def crowded_workload(n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -270,8 +310,8 @@ def bench_latency(deadlines: list[int], cancels: list[int], title: str) -> None:
     ):
         calls.sort()
         print(
-            f"  {name:<28}{len(calls):>10,}{fmt_us(percentile(calls, 0.5)):>8}"
-            f"{fmt_us(percentile(calls, 0.99)):>8}{fmt_us(percentile(calls, 0.999)):>8}"
+            f"  {name:<28}{len(calls):>10,}{fmt_us(percentile(calls, 50)):>8}"
+            f"{fmt_us(percentile(calls, 99)):>8}{fmt_us(percentile(calls, 99.9)):>8}"
             f"{fmt_us(calls[-1]):>10}"
         )
 
@@ -281,15 +321,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10^4 timers only")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--sizes", type=int, nargs="+", help="timer counts to run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (median shown)")
+    parser.add_argument("--spans", nargs="+", choices=("hour", "day"), default=["hour", "day"])
+    parser.add_argument(
+        "--wait-idle", type=float, default=0.0, help="seconds to wait for load < 1.0 first"
+    )
     args = parser.parse_args()
+    if args.wait_idle and not wait_idle(args.wait_idle):
+        print(f"(still busy after {args.wait_idle:.0f} s)", file=sys.stderr)
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
-    print(f"Python {sys.version.split()[0]}, TimerWheel (8 levels of 64 slots) vs heapq")
-    for span, span_name in ((HOUR, "hour"), (DAY, "day")):
+    spans = [(HOUR, "hour"), (DAY, "day")]
+    spans = [(span, name) for span, name in spans if name in args.spans]
+    print(f"Python {sys.version.split()[0]}, TimerWheel (8 levels of 64 slots) vs heapq ({load()})")
+    for span, span_name in spans:
         for n in sizes:
-            repeat = 3 if n >= 1_000_000 else 5
-            bench_size(n, span, span_name, repeat, args.seed)
+            bench_size(n, span, span_name, args.repeat, args.seed)
     biggest = sizes[-1]
-    for span, span_name in ((HOUR, "hour"), (DAY, "day")):
+    for span, span_name in spans:
         deadlines, cancels = workload(biggest, span, args.seed)
         bench_latency(deadlines, cancels, f"N = {biggest:,} over 1 {span_name}")
     crowd = 10_000 if args.quick else 100_000
