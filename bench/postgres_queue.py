@@ -62,6 +62,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import IO, Any
 
 import psycopg
@@ -72,6 +73,10 @@ from kernel.jobs.queue import JobQueue
 from kernel.time.scheduler import open_scheduler
 from kernel_postgres import open_storage
 from kernel_postgres.schema import apply_migrations
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import load, percentile, wait_idle
 
 __all__ = ["main"]
 
@@ -91,14 +96,6 @@ WARMUP_JOBS = 20
 
 def server_url() -> str:
     return os.environ.get("KERNEL_BENCH_POSTGRES_URL", DEFAULT_URL)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # ---------------------------------------------------------------------------
@@ -439,18 +436,6 @@ def measure_latency(
 # ---------------------------------------------------------------------------
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def wait_quiet(limit_s: float) -> None:
-    """Wait up to ``limit_s`` for the 1-minute load average to fall under 1.0."""
-    deadline = time.monotonic() + limit_s
-    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def attempt(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return measure()
@@ -468,7 +453,7 @@ def spread(values: list[float]) -> str:
 def part_throughput(
     admin: psycopg.Connection[Any], n: int, repeat: int, wait_s: float, profile: bool
 ) -> None:
-    wait_quiet(wait_s)
+    wait_idle(wait_s)
     each = "" if repeat == 1 else f"; median (min-max) of {repeat} runs, systems alternating"
     print(
         f"\n## 1. throughput: {n:,} pre-enqueued no-op jobs, concurrency {CONCURRENCY} "
@@ -509,7 +494,7 @@ def part_throughput(
 def part_latency(
     admin: psycopg.Connection[Any], samples: int, wait_s: float, profile: bool
 ) -> None:
-    wait_quiet(wait_s)
+    wait_idle(wait_s)
     print(
         f"\n## 2. enqueue-to-start latency while idle: {samples} jobs one at a time, "
         f"{GAP_S[0] * 1e3:.0f}-{GAP_S[1] * 1e3:.0f} ms apart ({load()})\n"

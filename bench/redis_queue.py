@@ -58,9 +58,14 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 from importlib.util import find_spec
+from pathlib import Path
 from typing import IO, Any
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import load, percentile, wait_idle
 
 __all__ = ["main"]
 
@@ -95,14 +100,6 @@ def redis_url() -> str:
 
 def postgres_url() -> str:
     return os.environ.get("KERNEL_BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def with_query(url: str, **options: object) -> str:
@@ -623,18 +620,6 @@ def measure_latency(system: str, nodes: int, samples: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def wait_quiet(limit_s: float) -> None:
-    """Wait up to ``limit_s`` for the 1-minute load average to fall under 1.0."""
-    deadline = time.monotonic() + limit_s
-    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def attempt(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return measure()
@@ -649,7 +634,7 @@ def spread(values: list[float]) -> str:
 
 
 def part_throughput(systems: list[str], n: int, repeat: int, wait_s: float) -> None:
-    wait_quiet(wait_s)
+    wait_idle(wait_s)
     each = "" if repeat == 1 else f"; median (min-max) of {repeat} runs, systems alternating"
     print(
         f"\n## 1. throughput: {n:,} pre-enqueued no-op jobs, concurrency {CONCURRENCY} "
@@ -683,7 +668,7 @@ def part_throughput(systems: list[str], n: int, repeat: int, wait_s: float) -> N
 
 
 def part_latency(systems: list[str], samples: int, wait_s: float) -> None:
-    wait_quiet(wait_s)
+    wait_idle(wait_s)
     print(
         f"\n## 2. enqueue-to-start latency while idle: {samples} jobs one at a time, "
         f"{GAP_S[0] * 1e3:.0f}-{GAP_S[1] * 1e3:.0f} ms apart ({load()})\n"

@@ -78,6 +78,10 @@ from kernel.storage.sqlite import SQLiteStorage
 from kernel.time.scheduler import open_scheduler
 from kernel.time.triggers import Every
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import load, percentile, wait_idle
+
 __all__ = ["main"]
 
 CONCURRENCIES = (1, 16, 64)
@@ -90,14 +94,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 async def noop(*_args: Any) -> None:
     """The job: does nothing, so every figure is the machinery's cost."""
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # ---------------------------------------------------------------------------
@@ -528,18 +524,6 @@ def spawn(spec: dict[str, Any], profile: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def wait_quiet(limit_s: float) -> None:
-    """Wait up to ``limit_s`` for the 1-minute load average to fall under 1.0."""
-    deadline = time.monotonic() + limit_s
-    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def spread(values: list[float], digits: int = 0) -> str:
     """One run's figure, or the median and range of several."""
     if not values:
@@ -579,7 +563,7 @@ def part_throughput(
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for concurrency in concurrencies:
-        wait_quiet(wait_s)
+        wait_idle(wait_s)
         at_start = os.getloadavg()[0]
         rates: dict[str, list[float]] = {name: [] for name in THROUGHPUT}
         for _ in range(repeat):
@@ -638,7 +622,7 @@ def part_schedules(
         for name, mode in SCHEDULE_CELLS:
             if name not in runners or (name == "apscheduler4" and count < max(counts)):
                 continue  # the peer only at the issue's size
-            wait_quiet(wait_s)
+            wait_idle(wait_s)
             at_start = os.getloadavg()[0]
             results: list[dict[str, Any]] = []
             for _ in range(repeat):
