@@ -12,6 +12,8 @@ claimer talks to the store; the workers only run jobs:
   stores every success since the last round together with the next claim in
   one round trip (`JobStore.complete_and_claim`); failures and retries,
   rarer and each different, are stored one by one as they happen;
+- a woken claimer first yields while more keeps arriving (`_gather`), so
+  a burst of enqueues or of finishing workers shares one round trip;
 - time lives on the scheduler's timer wheel, as everywhere in the kernel:
   each queue keeps at most one wheel timer (at the store's ``next_due`` or
   when its rate limit frees a slot).
