@@ -376,3 +376,19 @@ def test_the_store_can_come_from_kernel_store(db: Path, tmp_path: Path) -> None:
     config.write_text('[kernel]\nstorage = "memory://"\n')
     explicit = CliRunner().invoke(main, ["jobs", "dead", "--config", str(config)], env=env)
     assert_one_error_line(explicit, 2, "memory://")  # --config wins over the environment
+
+
+def test_without_a_store_the_runners_kernel_db_here_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KERNEL_STORE", raising=False)
+    missing = CliRunner().invoke(main, ["jobs", "ls"])
+    assert_one_error_line(missing, 2, "no job store", "there is no ./kernel.db")
+    assert not (tmp_path / "kernel.db").exists()  # nothing made by asking
+    fill(tmp_path / "kernel.db", dead=3)
+    found = CliRunner().invoke(main, ["jobs", "dead", "--limit", "2"])
+    assert found.exit_code == 0, found.output
+    assert ids(found) == ["job-d00", "job-d01"]
+    next_page = found.stdout.splitlines()[-1]
+    assert next_page.endswith(": kernel jobs dead --limit 2 --after job-d01")

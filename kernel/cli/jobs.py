@@ -41,7 +41,7 @@ import trio
 
 from kernel.cli._output import escape, format_time, table
 from kernel.config.durations import parse_duration
-from kernel.config.files import load_config
+from kernel.config.files import KernelSettings, load_config
 from kernel.errors import InvalidJob
 from kernel.jobs.record import JobRecord, JobState
 from kernel.ports import JobStore
@@ -90,10 +90,24 @@ def _source(store_url: str | None, config_path: str | None) -> StoreSource:
     if config_path is not None:
         url = load_config(config_path).kernel.storage
         return StoreSource(url, ("--config", config_path))
+    runner_default = _runner_default()
+    if runner_default is not None:
+        return StoreSource(runner_default, ())  # found the same way next time
     raise click.UsageError(
         "no job store: give --store URL (e.g. --store sqlite:///state.db), "
         f"set {STORE_ENV}, or give --config CONFIG.toml"
+        f" (there is no ./{_RUNNER_FILE}, where `kernel run` stores by default)"
     )
+
+
+_RUNNER_URL: Final = str(attrs.fields(KernelSettings).storage.default)
+_RUNNER_FILE: Final = _RUNNER_URL.removeprefix("sqlite:///")
+
+
+def _runner_default() -> str | None:
+    """`kernel run`'s own default store, when its file is in the working
+    directory: what a user who just ran ``kernel run`` here expects to see."""
+    return _RUNNER_URL if os.path.isfile(_RUNNER_FILE) else None
 
 
 def _check_url(url: str) -> None:
@@ -152,7 +166,10 @@ def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "store_url",
         metavar="URL",
         envvar=STORE_ENV,
-        help=f"The job store, e.g. sqlite:///state.db (default: ${STORE_ENV}).",
+        help=(
+            f"The job store, e.g. sqlite:///state.db (default: ${STORE_ENV}, else"
+            " ./kernel.db, kernel run's default, when it is here)."
+        ),
     )(command)
 
 
