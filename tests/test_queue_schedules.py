@@ -127,6 +127,49 @@ async def test_a_restart_meets_the_misfire_policy(
     assert {j.state for j in jobs} == {JobState.succeeded}
 
 
+class Killed(BaseException):
+    """The process dies here (a SIGKILL, as far as the store can tell)."""
+
+
+class DiesBeforeTheFirstLastFire(MemoryJobStore):
+    """A process killed after a schedule's first job is stored and before
+    its last fire is: the job stays, that write never happens."""
+
+    dies = True
+
+    async def put_schedule_state(self, name: str, state: Any) -> None:
+        if self.dies and state.get("last_fire_time") is not None:
+            raise Killed
+        await super().put_schedule_state(name, state)
+
+
+async def test_a_crash_before_the_first_last_fire_is_stored_still_catches_up(
+    autojump_clock: MockClock,
+) -> None:
+    store = DiesBeforeTheFirstLastFire()
+    clock = t0_clock()
+
+    async def first_process() -> None:
+        async with node(store, clock, concurrency=64) as queue:
+            queue.register("tick", lambda: None)
+            queue.add_schedule("tick", Every(seconds=1), misfire=CatchUp(), overlap=AllowOverlap())
+            await trio.sleep(10)
+
+    with pytest.raises(BaseExceptionGroup) as died:
+        await first_process()
+    assert died.value.subgroup(Killed) is not None
+    assert [j.fire_time for j in await jobs_of(store, "tick")] == [T0 + S]
+    await trio.sleep(5)  # down from 1 s to 6 s
+    store.dies = False
+    async with node(store, clock, concurrency=64) as queue:
+        queue.register("tick", lambda: None)
+        queue.add_schedule("tick", Every(seconds=1), misfire=CatchUp(), overlap=AllowOverlap())
+        await trio.sleep(12.5 - trio.current_time())
+    # the slots of the downtime ran at the restart: it was no first start
+    fired = [j.fire_time for j in await jobs_of(store, "tick")]
+    assert fired == [T0 + n * S for n in range(1, 13)]
+
+
 async def test_a_restarted_cron_schedule_catches_up_in_another_process(
     autojump_clock: MockClock,
 ) -> None:
@@ -360,6 +403,9 @@ class SlowStateStore(MemoryJobStore):
         return await super().get_schedule_state(schedule)
 
     async def put_schedule_state(self, schedule: str, state: Any) -> None:
+        if state["last_fire_time"] is None:  # a first start: since when, nothing fired
+            await super().put_schedule_state(schedule, state)
+            return
         last = datetime.fromisoformat(state["last_fire_time"])
         stored = {j.fire_time for j in await jobs_of(self, schedule)}
         expected = {T0 + n * S for n in range(1, int((last - T0) / S) + 1)}

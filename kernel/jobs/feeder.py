@@ -55,6 +55,7 @@ class _QueuedSchedule:
 
     trigger: Trigger  # as given: re-anchored when restored from the store
     template: JobRecord
+    added_at: datetime  # when this process added it
     schedule: Schedule | None = None
     restored: bool = False  # its stored last fire has been read
     held: list[JobRecord] = attrs.field(factory=list)  # fired before that
@@ -143,6 +144,7 @@ class ScheduleFeeder:
                 dedup_key=f"schedule:{label}" if isinstance(overlap, SkipIfRunning) else None,
                 schedule=label,
             ),
+            now,
         )
         entry.schedule = self._scheduler.add_schedule(
             _never,
@@ -252,16 +254,31 @@ class ScheduleFeeder:
         """Re-plan each new schedule from its stored last fire. Slots fired
         before that are held back; the missed slots are emitted at once,
         before the fired jobs are stored, so the stored last fire never
-        passes a slot that is not stored yet."""
+        passes a slot that is not stored yet.
+
+        A schedule never stored before is stored first, with the time it
+        started (``since``) and no last fire, before any of its jobs: a
+        crash between its first job and its first stored last fire then
+        restarts from that time, and the slots missed meanwhile meet the
+        misfire policy instead of being taken for a first start's."""
         while self._restoring:
             entry = self._restoring[0]
             schedule = entry.schedule
             assert schedule is not None
             state = await self._store.get_schedule_state(schedule.name)
+            if state is None:
+                await self._store.put_schedule_state(
+                    schedule.name,
+                    {
+                        "last_fire_time": None,
+                        "next_fire_time": None,
+                        "since": entry.added_at.isoformat(),
+                    },
+                )
             self._restoring.pop(0)
             entry.restored = True
             held, entry.held = entry.held, []
-            last = None if state is None else state.get("last_fire_time")
+            last = None if state is None else state.get("last_fire_time") or state.get("since")
             if isinstance(last, str) and not schedule.finished and not schedule.paused:
                 # what fired meanwhile was planned on a provisional grid: drop
                 # it and re-plan from the last fire on the schedule's own grid
