@@ -118,7 +118,7 @@ MIGRATIONS: Final = (
             """CREATE INDEX kernel_jobs_due ON {schema}.kernel_jobs (queue, run_at)
                 WHERE state = 'queued'""",
             # The few jobs enqueued with a run_at already past, which an aged
-            # claim orders by when they were enqueued (storage._CLAIM_AGED).
+            # claim orders by when they were enqueued (_statements._CLAIM_AGED).
             """CREATE INDEX kernel_jobs_early ON {schema}.kernel_jobs (queue)
                 WHERE state = 'queued' AND run_at < enqueued_at""",
             f"""CREATE UNIQUE INDEX kernel_jobs_dedup ON {{schema}}.kernel_jobs (dedup_key)

@@ -36,7 +36,6 @@ Each call runs in a worker thread with a pooled connection
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -84,12 +83,13 @@ from kernel.storage.base import (
 )
 from kernel_postgres._listen import listen
 from kernel_postgres._pool import Connection, Database
+from kernel_postgres._rows import decode, encode, job_from_row, job_row, micros_or_none, stored_copy
+from kernel_postgres._statements import DEDUP_INDEX, ID_CONSTRAINT, Statements
 from kernel_postgres._url import (
     STORAGE_OPTIONS,
     PostgresOptions,
     channel_name,
     parse_postgres_url,
-    quote_identifier,
 )
 from kernel_postgres.schema import apply_migrations, check_schema_version, connect
 
@@ -99,415 +99,8 @@ JOBS_CHANNEL: Final = "kernel_jobs"
 """The prefix of the channel a schema's job notifications use
 (`kernel_postgres._url.channel_name`)."""
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _MAX_KNOWN_QUEUES = 10_000
 _DEDUP_RETRIES = 20
-
-# ---------------------------------------------------------------------------
-# SQL
-# ---------------------------------------------------------------------------
-
-_COLUMNS: Final = (
-    ("id", "text"),
-    ("task", "text"),
-    ("args", "text"),
-    ("kwargs", "text"),
-    ("queue", "text"),
-    ("priority", "integer"),
-    ("run_at", "bigint"),
-    ("enqueued_at", "bigint"),
-    ("dedup_key", "text"),
-    ("timeout", "double precision"),
-    ("retry", "text"),
-    ("attempts", "integer"),
-    ("state", "text"),
-    ("worker", "text"),
-    ("lease_expires_at", "bigint"),
-    ("last_error", "text"),
-    ("finished_at", "bigint"),
-    ("schedule", "text"),
-    ("fire_time", "bigint"),
-    ("headers", "text"),
-)
-_JOB_COLUMNS: Final = ", ".join(name for name, _ in _COLUMNS)
-_NO_PAYLOAD_COLUMNS: Final = _JOB_COLUMNS.replace("args, kwargs,", "'[]', '{{}}',")
-"""The columns of a listing that shows no arguments: they are not read."""
-_CAST_VALUES: Final = ", ".join(f"%s::{kind}" for _, kind in _COLUMNS)
-_LIVE: Final = "state IN ('queued', 'running')"
-_HELD: Final = "WHERE id = %s AND state = 'running' AND worker = %s"
-"""The jobs a worker holds: running, and claimed by it."""
-
-_ID_CONSTRAINT: Final = "kernel_jobs_id_key"
-_DEDUP_INDEX: Final = "kernel_jobs_dedup"
-
-# An enqueue that claims a slot or may meet a dedup key, in one statement.
-# ``fresh``: the id is not stored (checked first, as the memory store does,
-# so a reused id claims no slot). ``slot``: the slot, claimed if free. ``ins``:
-# the job, inserted if the slot was won, unless a live job holds the dedup
-# key. Then the holder, read in the statement's snapshot (a holder committed
-# after that snapshot began is not seen: the caller asks again).
-_ENQUEUE_TAIL: Final = f"""
-SELECT (SELECT ok FROM fresh), {{slot_claimed}}, EXISTS (SELECT 1 FROM ins), h.*
-FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-    SELECT {_JOB_COLUMNS} FROM {{jobs}}
-    WHERE dedup_key = %s AND {_LIVE} LIMIT 1
-) AS h ON NOT EXISTS (SELECT 1 FROM ins)"""
-_INSERT_UNLESS_HELD: Final = f"""
-    INSERT INTO {{jobs}} ({_JOB_COLUMNS}) SELECT {_CAST_VALUES} WHERE {{condition}}
-    ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND {_LIVE} DO NOTHING
-    RETURNING 1"""
-_ENQUEUE_DEDUP: Final = (
-    "WITH fresh AS (SELECT NOT EXISTS (SELECT 1 FROM {jobs} WHERE id = %s) AS ok), "
-    "ins AS ("
-    + _INSERT_UNLESS_HELD.replace("{condition}", "(SELECT ok FROM fresh)")
-    + ")"
-    + _ENQUEUE_TAIL.replace("{slot_claimed}", "true")
-)
-_ENQUEUE_SLOT: Final = (
-    "WITH fresh AS (SELECT NOT EXISTS (SELECT 1 FROM {jobs} WHERE id = %s) AS ok), "
-    "slot AS (INSERT INTO {slots} (schedule, fire_time) SELECT %s::text, %s::bigint "
-    "WHERE (SELECT ok FROM fresh) ON CONFLICT DO NOTHING RETURNING 1), "
-    "ins AS ("
-    + _INSERT_UNLESS_HELD.replace("{condition}", "EXISTS (SELECT 1 FROM slot)")
-    + ")"
-    + _ENQUEUE_TAIL.replace("{slot_claimed}", "EXISTS (SELECT 1 FROM slot)")
-)
-
-_CLAIM: Final = (
-    "UPDATE {jobs} SET state = 'running', worker = %s, lease_expires_at = %s, "
-    "attempts = attempts + 1 WHERE seq = ANY (ARRAY ("
-    "SELECT seq FROM {jobs} WHERE queue = %s AND state = 'queued' AND run_at <= %s "
-    "ORDER BY priority DESC, run_at, enqueued_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
-    f")) RETURNING seq, {_JOB_COLUMNS}"
-)
-"""A claim without aging: one walk down ``kernel_jobs_claim`` in claim order,
-skipping the rows other claims hold, stopping at LIMIT."""
-
-_AGED: Final = "priority + greatest(0, %(now)s - greatest(run_at, enqueued_at)) / %(aging)s"
-_CLAIM_AGED: Final = f"""
-WITH RECURSIVE levels (priority) AS (
-    (SELECT priority FROM {{jobs}} WHERE queue = %(queue)s AND state = 'queued'
-     ORDER BY priority DESC LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.priority FROM {{jobs}} AS j
-            WHERE j.queue = %(queue)s AND j.state = 'queued' AND j.priority < l.priority
-            ORDER BY j.priority DESC LIMIT 1)
-    FROM levels AS l WHERE l.priority IS NOT NULL
-), heads AS MATERIALIZED (
-    SELECT h.* FROM levels AS l, LATERAL (
-        SELECT seq, priority, run_at, enqueued_at FROM {{jobs}}
-        WHERE queue = %(queue)s AND state = 'queued' AND priority = l.priority
-            AND run_at <= %(now)s AND run_at >= enqueued_at
-        ORDER BY run_at, enqueued_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-    ) AS h
-), early AS MATERIALIZED (
-    SELECT seq, priority, run_at, enqueued_at FROM {{jobs}}
-    WHERE queue = %(queue)s AND state = 'queued' AND run_at < enqueued_at AND run_at <= %(now)s
-    ORDER BY {_AGED} DESC, run_at, enqueued_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT seq FROM (SELECT * FROM heads UNION ALL SELECT * FROM early) AS candidates
-    ORDER BY {_AGED} DESC, run_at, enqueued_at, seq LIMIT %(limit)s
-)
-UPDATE {{jobs}} SET state = 'running', worker = %(worker)s, lease_expires_at = %(until)s,
-    attempts = attempts + 1
-WHERE seq = ANY (ARRAY (SELECT seq FROM picked))
-RETURNING seq, {_JOB_COLUMNS}"""
-"""A claim with aging, exact and without sorting every due job. Within one
-priority level a job that became due at its ``run_at`` (``run_at >=
-enqueued_at``, nearly all) has waited longer, so aged more, than every job
-behind it in (run_at, enqueued_at, seq) order: the best ``limit`` jobs of a
-claim are among the first ``limit`` of each level (``heads``, one short
-index range per level; the levels are found by a loose index scan) and the
-best ``limit`` of the few jobs enqueued with a past ``run_at`` (``early``,
-which became due when enqueued and have an index of their own). The
-candidates are locked (SKIP LOCKED) and the best ``limit`` claimed; the
-others are released at commit. The memory store's per-level heaps, in SQL."""
-
-
-_DONE: Final = """done AS (
-    UPDATE {jobs} SET state = 'succeeded', lease_expires_at = NULL, finished_at = %(now)s
-    WHERE id = ANY (%(completed)s) AND state = 'running' AND worker = %(worker)s RETURNING id
-)"""
-_DONE_AND_CLAIMED: Final = """
-SELECT (SELECT coalesce(array_agg(id), ARRAY[]::text[]) FROM done), c.*
-FROM (SELECT 1) AS one LEFT JOIN claimed AS c ON true"""
-_COMPLETE_CLAIM: Final = (
-    "WITH "
-    + _DONE
-    + ", claimed AS ("
-    + _CLAIM.replace("worker = %s", "worker = %(worker)s")
-    .replace("lease_expires_at = %s", "lease_expires_at = %(until)s")
-    .replace("queue = %s", "queue = %(queue)s")
-    .replace("run_at <= %s", "run_at <= %(now)s")
-    .replace("LIMIT %s", "LIMIT %(limit)s")
-    + ")"
-    + _DONE_AND_CLAIMED
-)
-"""`complete_and_claim` without aging: the completions and the claim in one
-statement, so one round trip (the statements see one snapshot, and touch
-different rows: running ones, and queued ones)."""
-_COMPLETE_CLAIM_AGED: Final = (
-    _CLAIM_AGED.replace("WITH RECURSIVE levels", "WITH RECURSIVE " + _DONE + ", levels", 1)
-    .replace("\nUPDATE {jobs}", ", claimed AS (\nUPDATE {jobs}", 1)
-    .replace("RETURNING seq, " + _JOB_COLUMNS, "RETURNING seq, " + _JOB_COLUMNS + ")", 1)
-    + _DONE_AND_CLAIMED
-)
-"""`complete_and_claim` with aging: the same, around the aged claim."""
-
-
-@attrs.frozen
-class _Statements:
-    """Every statement, with the schema's table names filled in (fixed
-    strings, so psycopg prepares each on a connection after a few uses)."""
-
-    kv_get: str
-    kv_get_many: str
-    kv_put: str
-    kv_delete: str
-    kv_keys: str
-    kv_items: str
-    kv_clear: str
-    insert_job: str
-    enqueue_dedup: str
-    enqueue_slot: str
-    claim: str
-    claim_aged: str
-    complete_claim: str
-    complete_claim_aged: str
-    heartbeat: str
-    complete: str
-    retry_later: str
-    release: str
-    bury: str
-    cancel: str
-    expired_workers: str
-    reap: str
-    get_job: str
-    list_jobs: str
-    list_jobs_no_payload: str
-    retry_dead: str
-    dedup_key_of: str
-    purge: str
-    purge_older: str
-    next_due: str
-    next_due_queue: str
-    queued_queues: str
-    claim_slot: str
-    prune_slots: str
-    get_schedule_state: str
-    put_schedule_state: str
-
-    @classmethod
-    def for_schema(cls, schema: str) -> _Statements:
-        quoted = quote_identifier(schema)
-        names = {
-            "kv": f"{quoted}.kernel_kv",
-            "jobs": f"{quoted}.kernel_jobs",
-            "slots": f"{quoted}.kernel_schedule_slots",
-            "states": f"{quoted}.kernel_schedule_state",
-        }
-        raw = {
-            "kv_get": "SELECT value FROM {kv} WHERE namespace = %s AND key = %s",
-            "kv_get_many": "SELECT key, value FROM {kv} WHERE namespace = %s AND key = ANY(%s)",
-            "kv_put": (
-                "INSERT INTO {kv} (namespace, key, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value"
-            ),
-            "kv_delete": "DELETE FROM {kv} WHERE namespace = %s AND key = %s",
-            "kv_keys": "SELECT key FROM {kv} WHERE namespace = %s AND key >= %s",
-            "kv_items": "SELECT key, value FROM {kv} WHERE namespace = %s AND key >= %s",
-            "kv_clear": "DELETE FROM {kv} WHERE namespace = %s",
-            "insert_job": (
-                f"INSERT INTO {{jobs}} ({_JOB_COLUMNS}) "
-                f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
-            ),
-            "enqueue_dedup": _ENQUEUE_DEDUP,
-            "enqueue_slot": _ENQUEUE_SLOT,
-            "claim": _CLAIM,
-            "claim_aged": _CLAIM_AGED,
-            "complete_claim": _COMPLETE_CLAIM,
-            "complete_claim_aged": _COMPLETE_CLAIM_AGED,
-            "heartbeat": (
-                "UPDATE {jobs} SET lease_expires_at = %s "
-                "WHERE id = ANY(%s) AND state = 'running' AND worker = %s RETURNING id"
-            ),
-            "complete": (
-                "UPDATE {jobs} SET state = 'succeeded', lease_expires_at = NULL, "
-                f"finished_at = %s {_HELD}"
-            ),
-            "retry_later": (
-                "UPDATE {jobs} SET state = 'queued', run_at = %s, worker = NULL, "
-                f"lease_expires_at = NULL, last_error = %s {_HELD}"
-            ),
-            "release": (
-                "UPDATE {jobs} SET state = 'queued', run_at = %s, worker = NULL, "
-                f"lease_expires_at = NULL, attempts = greatest(attempts - 1, 0) {_HELD}"
-            ),
-            "bury": (
-                "UPDATE {jobs} SET state = 'dead', lease_expires_at = NULL, "
-                f"last_error = %s, finished_at = %s {_HELD}"
-            ),
-            "cancel": (
-                "UPDATE {jobs} SET state = 'cancelled', lease_expires_at = NULL, "
-                f"finished_at = %s WHERE id = %s AND {_LIVE} RETURNING {_JOB_COLUMNS}"
-            ),
-            "expired_workers": (
-                "SELECT DISTINCT worker FROM {jobs} "
-                "WHERE state = 'running' AND lease_expires_at <= %s"
-            ),
-            "reap": (
-                "UPDATE {jobs} AS j SET state = 'queued', worker = NULL, "
-                "lease_expires_at = NULL, last_error = m.error "
-                "FROM unnest(%s::text[], %s::text[]) AS m (worker, error) "
-                "WHERE j.worker = m.worker AND j.state = 'running' "
-                "AND j.lease_expires_at <= %s RETURNING j.seq, j.id"
-            ),
-            "get_job": f"SELECT {_JOB_COLUMNS} FROM {{jobs}} WHERE id = %s",
-            "list_jobs": f"SELECT {_JOB_COLUMNS} FROM {{jobs}}",
-            "list_jobs_no_payload": f"SELECT {_NO_PAYLOAD_COLUMNS} FROM {{jobs}}",
-            "retry_dead": (
-                "UPDATE {jobs} SET state = 'queued', run_at = %s, attempts = 0, "
-                "worker = NULL, finished_at = NULL WHERE id = %s AND state = 'dead' "
-                f"RETURNING {_JOB_COLUMNS}"
-            ),
-            "dedup_key_of": "SELECT dedup_key FROM {jobs} WHERE id = %s",
-            "purge": "DELETE FROM {jobs} WHERE state = %s",
-            "purge_older": "DELETE FROM {jobs} WHERE state = %s AND finished_at < %s",
-            "next_due": "SELECT min(run_at) FROM {jobs} WHERE state = 'queued'",
-            "next_due_queue": (
-                "SELECT min(run_at) FROM {jobs} WHERE queue = %s AND state = 'queued'"
-            ),
-            "queued_queues": "SELECT DISTINCT queue FROM {jobs} WHERE state = 'queued'",
-            "claim_slot": (
-                "INSERT INTO {slots} (schedule, fire_time) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-            ),
-            "prune_slots": "DELETE FROM {slots} WHERE fire_time < %s",
-            "get_schedule_state": "SELECT state FROM {states} WHERE schedule = %s",
-            "put_schedule_state": (
-                "INSERT INTO {states} (schedule, state) VALUES (%s, %s) "
-                "ON CONFLICT (schedule) DO UPDATE SET state = EXCLUDED.state"
-            ),
-        }
-        return cls(**{name: sql.format(**names) for name, sql in raw.items()})
-
-
-# ---------------------------------------------------------------------------
-# Rows
-# ---------------------------------------------------------------------------
-
-
-def _job_row(job: JobRecord) -> tuple[object, ...]:
-    return (
-        job.id,
-        job.task,
-        _encode(job.args),
-        _encode(job.kwargs),
-        job.queue,
-        job.priority,
-        to_epoch_micros(job.run_at),
-        to_epoch_micros(job.enqueued_at),
-        job.dedup_key,
-        job.timeout,
-        None if job.retry is None else _encode(job.retry),
-        job.attempts,
-        job.state.value,
-        job.worker,
-        _micros_or_none(job.lease_expires_at),
-        job.last_error,
-        _micros_or_none(job.finished_at),
-        job.schedule,
-        _micros_or_none(job.fire_time),
-        _encode(job.headers),
-    )
-
-
-_FIELDS: Final = tuple(name for name, _ in _COLUMNS)
-_TRUSTED_ROWS: Final = tuple(field.name for field in attrs.fields(JobRecord)) == _FIELDS
-"""Whether `_job_from_row` may skip `JobRecord`'s converters: only while the
-record has exactly the columns this module stores (a newer kernel with
-another field gets the checked, slower path instead of a half-built record)."""
-_STATES: Final = {state.value: state for state in JobState}
-_set = object.__setattr__
-
-
-def _checked_job_from_row(row: Sequence[Any]) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        task=row[1],
-        args=json.loads(row[2]),
-        kwargs=json.loads(row[3]),
-        queue=row[4],
-        priority=row[5],
-        run_at=from_epoch_micros(row[6]),
-        enqueued_at=from_epoch_micros(row[7]),
-        dedup_key=row[8],
-        timeout=row[9],
-        retry=None if row[10] is None else json.loads(row[10]),
-        attempts=row[11],
-        state=row[12],
-        worker=row[13],
-        lease_expires_at=None if row[14] is None else from_epoch_micros(row[14]),
-        last_error=row[15],
-        finished_at=None if row[16] is None else from_epoch_micros(row[16]),
-        schedule=row[17],
-        fire_time=None if row[18] is None else from_epoch_micros(row[18]),
-        headers=json.loads(row[19]),
-    )
-
-
-def _job_from_row(row: Sequence[Any]) -> JobRecord:
-    """The record of a stored row. Rows were checked on the way in (every
-    field went through `JobRecord`), so they are read back without running
-    the converters again: that was most of a claim's CPU time. The JSON is
-    decoded afresh, so the record shares nothing."""
-    if not _TRUSTED_ROWS:  # pragma: no cover - a kernel with other job fields
-        return _checked_job_from_row(row)
-    job = object.__new__(JobRecord)
-    _set(job, "id", row[0])
-    _set(job, "task", row[1])
-    _set(job, "args", json.loads(row[2]))
-    _set(job, "kwargs", json.loads(row[3]))
-    _set(job, "queue", row[4])
-    _set(job, "priority", row[5])
-    _set(job, "run_at", from_epoch_micros(row[6]))
-    _set(job, "enqueued_at", from_epoch_micros(row[7]))
-    _set(job, "dedup_key", row[8])
-    _set(job, "timeout", row[9])
-    _set(job, "retry", None if row[10] is None else json.loads(row[10]))
-    _set(job, "attempts", row[11])
-    _set(job, "state", _STATES[row[12]])
-    _set(job, "worker", row[13])
-    _set(job, "lease_expires_at", None if row[14] is None else from_epoch_micros(row[14]))
-    _set(job, "last_error", row[15])
-    _set(job, "finished_at", None if row[16] is None else from_epoch_micros(row[16]))
-    _set(job, "schedule", row[17])
-    _set(job, "fire_time", None if row[18] is None else from_epoch_micros(row[18]))
-    _set(job, "headers", json.loads(row[19]))
-    return job
-
-
-def _stored_copy(job: JobRecord, row: tuple[object, ...]) -> JobRecord:
-    """What `enqueue` returns: ``job`` with JSON of its own, decoded from the
-    text just stored (`attrs.evolve` would run every converter again)."""
-    if not _TRUSTED_ROWS:  # pragma: no cover - a kernel with other job fields
-        return attrs.evolve(job)
-    copy = object.__new__(JobRecord)
-    for name in _FIELDS:
-        _set(copy, name, getattr(job, name))
-    _set(copy, "args", json.loads(cast(str, row[2])))
-    _set(copy, "kwargs", json.loads(cast(str, row[3])))
-    if row[10] is not None:
-        _set(copy, "retry", json.loads(cast(str, row[10])))
-    _set(copy, "headers", json.loads(cast(str, row[19])))
-    return copy
-
-
-def _micros_or_none(value: datetime | None) -> int | None:
-    return None if value is None else to_epoch_micros(value)
-
-
-def _decode(text: str) -> JSON:
-    return cast("JSON", json.loads(text))
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -549,7 +142,7 @@ def _insert_job(sql: str, job: JobRecord, row: tuple[object, ...]) -> Callable[[
         try:
             connection.execute(sql, row)
         except psycopg.errors.UniqueViolation as error:
-            if _is_violation_of(error, _ID_CONSTRAINT):
+            if _is_violation_of(error, ID_CONSTRAINT):
                 raise JobConflict(job.id, "a job with this id is already stored") from None
             raise
 
@@ -557,10 +150,10 @@ def _insert_job(sql: str, job: JobRecord, row: tuple[object, ...]) -> Callable[[
 
 
 def _enqueue_checked(
-    sql: _Statements, job: JobRecord, row: tuple[object, ...]
+    sql: Statements, job: JobRecord, row: tuple[object, ...]
 ) -> Callable[[Connection], tuple[JobRecord, bool]]:
     """Enqueue a job that claims a slot or holds a dedup key (see
-    ``_ENQUEUE_SLOT``). Usually one statement; when the dedup key's holder
+    ``ENQUEUE_SLOT``). Usually one statement; when the dedup key's holder
     committed after the statement's snapshot began, it is asked for again
     (the slot, already won, stays won: that is the rule)."""
     slot = job.schedule is not None and job.fire_time is not None
@@ -571,7 +164,7 @@ def _enqueue_checked(
             params: tuple[object, ...] = (
                 job.id,
                 job.schedule,
-                _micros_or_none(job.fire_time),
+                micros_or_none(job.fire_time),
                 *row,
                 job.dedup_key,
             )
@@ -582,7 +175,7 @@ def _enqueue_checked(
             try:
                 result = connection.execute(statement, params).fetchone()
             except psycopg.errors.UniqueViolation as error:
-                if _is_violation_of(error, _ID_CONSTRAINT):
+                if _is_violation_of(error, ID_CONSTRAINT):
                     raise JobConflict(job.id, "a job with this id is already stored") from None
                 raise
             assert result is not None
@@ -590,11 +183,11 @@ def _enqueue_checked(
             if not fresh:
                 raise JobConflict(job.id, "a job with this id is already stored")
             if not slot_claimed:
-                return _stored_copy(job, row), False
+                return stored_copy(job, row), False
             if inserted:
-                return _stored_copy(job, row), True
+                return stored_copy(job, row), True
             if result[3] is not None:
-                return _job_from_row(result[3:]), False
+                return job_from_row(result[3:]), False
             # The holder is newer than our snapshot (or just finished): again,
             # without the slot, which is ours now.
             statement = sql.enqueue_dedup
@@ -606,7 +199,7 @@ def _enqueue_checked(
     return work
 
 
-def _reap(sql: _Statements, now_us: int) -> Callable[[Connection], list[str]]:
+def _reap(sql: Statements, now_us: int) -> Callable[[Connection], list[str]]:
     """Two statements: the workers whose leases ran out, then requeue their
     expired jobs with each worker's message (`kernel.jobs.record.lease_expired_error`
     quotes the worker the way Python does, which SQL cannot)."""
@@ -622,17 +215,17 @@ def _reap(sql: _Statements, now_us: int) -> Callable[[Connection], list[str]]:
     return work
 
 
-def _retry_dead(sql: _Statements, job_id: str, run_at_us: int) -> Callable[[Connection], Any]:
+def _retry_dead(sql: Statements, job_id: str, run_at_us: int) -> Callable[[Connection], Any]:
     def work(connection: Connection) -> JobRecord | None:
         try:
             row = connection.execute(sql.retry_dead, (run_at_us, job_id)).fetchone()
         except psycopg.errors.UniqueViolation as error:
-            if not _is_violation_of(error, _DEDUP_INDEX):
+            if not _is_violation_of(error, DEDUP_INDEX):
                 raise
             found = connection.execute(sql.dedup_key_of, (job_id,)).fetchone()
             key = "?" if found is None else str(found[0])
             raise JobConflict(job_id, dedup_conflict_reason(key)) from None
-        return None if row is None else _job_from_row(row)
+        return None if row is None else job_from_row(row)
 
     return work
 
@@ -675,12 +268,12 @@ class PostgresStorage:
 
     options: PostgresOptions
     _db: Database = attrs.field(alias="db")
-    _sql: _Statements = attrs.field(init=False)
+    _sql: Statements = attrs.field(init=False)
     _known_queues: set[str] = attrs.field(factory=set, init=False)
     _listeners: set[trio.CancelScope] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._sql = _Statements.for_schema(self.options.schema)
+        self._sql = Statements.for_schema(self.options.schema)
 
     @classmethod
     async def open(cls, options: PostgresOptions) -> PostgresStorage:
@@ -731,7 +324,7 @@ class PostgresStorage:
         validate_namespace(namespace)
         validate_key(key)
         rows = await self._db.run(_rows(self._sql.kv_get, (namespace, key)), idempotent=True)
-        return _decode(rows[0][0]) if rows else default
+        return decode(rows[0][0]) if rows else default
 
     async def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, JSON]:
         validate_namespace(namespace)
@@ -743,12 +336,12 @@ class PostgresStorage:
         rows = await self._db.run(
             _rows(self._sql.kv_get_many, (namespace, wanted)), idempotent=True
         )
-        return {key: _decode(text) for key, text in rows}
+        return {key: decode(text) for key, text in rows}
 
     async def put(self, namespace: str, key: str, value: JSONLike) -> None:
         validate_namespace(namespace)
         validate_key(key)
-        text = _encode(copy_json(value))
+        text = encode(copy_json(value))
         await self._db.run(_rowcount(self._sql.kv_put, (namespace, key, text)), idempotent=True)
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -763,7 +356,7 @@ class PostgresStorage:
 
     async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, JSON]]:
         rows = await self._select_prefix(self._sql.kv_items, namespace, prefix)
-        return [(key, _decode(text)) for key, text in rows]
+        return [(key, decode(text)) for key, text in rows]
 
     async def _select_prefix(self, sql: str, namespace: str, prefix: str) -> list[Any]:
         validate_namespace(namespace)
@@ -782,11 +375,11 @@ class PostgresStorage:
     # -- jobs (kernel.jobs.record.JobStore) -----------------------------------------
 
     async def enqueue(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        row = _job_row(check_enqueue(job))
+        row = job_row(check_enqueue(job))
         self._remember(job.queue)
         if job.dedup_key is None and (job.schedule is None or job.fire_time is None):
             await self._db.run(_insert_job(self._sql.insert_job, job, row))
-            return _stored_copy(job, row), True
+            return stored_copy(job, row), True
         return await self._db.run(_enqueue_checked(self._sql, job, row))
 
     async def claim(
@@ -823,7 +416,7 @@ class PostgresStorage:
         rows = await self._db.run(_rows(sql, params if aging is None else named))
         # RETURNING has no order: sort as the subquery did.
         claimed = sorted(
-            ((_job_from_row(row[1:]), row[0]) for row in rows),
+            ((job_from_row(row[1:]), row[0]) for row in rows),
             key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
         )
         return [job for job, _ in claimed]
@@ -865,7 +458,7 @@ class PostgresStorage:
         rows = await self._db.run(_rows(sql, named))
         done = set(rows[0][0]) if rows else set()
         claimed = sorted(
-            ((_job_from_row(row[2:]), row[1]) for row in rows if row[1] is not None),
+            ((job_from_row(row[2:]), row[1]) for row in rows if row[1] is not None),
             key=lambda pair: (*claim_order(pair[0], now, aging), pair[1]),
         )
         return done, [job for job, _ in claimed]
@@ -944,7 +537,7 @@ class PostgresStorage:
         validate_job_id(job_id)
         finished_us = to_epoch_micros(now_or_wall_clock(now))
         rows = await self._db.run(_rows(self._sql.cancel, (finished_us, job_id)))
-        return _job_from_row(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     async def reap_expired(self, now: datetime) -> list[str]:
         now_us = to_epoch_micros(utc_datetime(now, field="now"))
@@ -953,7 +546,7 @@ class PostgresStorage:
     async def get_job(self, job_id: str) -> JobRecord | None:
         validate_job_id(job_id)
         rows = await self._db.run(_rows(self._sql.get_job, (job_id,)), idempotent=True)
-        return _job_from_row(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     async def list_jobs(
         self,
@@ -971,7 +564,7 @@ class PostgresStorage:
         rows = await self._db.run(
             _rows(f"{select}{where} ORDER BY id LIMIT %s", params), idempotent=True
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def retry_dead(self, job_id: str, *, now: datetime | None = None) -> JobRecord | None:
         validate_job_id(job_id)
@@ -1015,11 +608,11 @@ class PostgresStorage:
     async def get_schedule_state(self, schedule: str) -> dict[str, JSON] | None:
         validate_name("schedule", schedule)
         rows = await self._db.run(_rows(self._sql.get_schedule_state, (schedule,)), idempotent=True)
-        return cast("dict[str, JSON]", _decode(rows[0][0])) if rows else None
+        return cast("dict[str, JSON]", decode(rows[0][0])) if rows else None
 
     async def put_schedule_state(self, schedule: str, state: Mapping[str, JSONLike]) -> None:
         validate_name("schedule", schedule)
-        text = _encode(schedule_state_object(state))
+        text = encode(schedule_state_object(state))
         await self._db.run(
             _rowcount(self._sql.put_schedule_state, (schedule, text)), idempotent=True
         )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pg_helpers import Admin
 
-from kernel_postgres.storage import _Statements
+from kernel_postgres._statements import Statements
 
 QUEUED = 20_000
 LIMIT = 10
@@ -44,7 +44,7 @@ def test_a_claim_reads_a_bounded_part_of_a_large_backlog(
     admin: Admin, schema: str, statement: str
 ) -> None:
     fill(admin, schema)
-    sql = getattr(_Statements.for_schema(schema), statement)
+    sql = getattr(Statements.for_schema(schema), statement)
     params = {
         "completed": [],
         "worker": "w",
