@@ -409,6 +409,42 @@ async def check_idle_wakeups(
     )
 
 
+async def kill_one_mid_run(
+    storage: JobStore, cluster: Cluster, labels: Sequence[str], *, before: int
+) -> tuple[Node, int]:
+    """The kill scenario: ``labels[:before]`` enqueued, `NODES` nodes
+    started, the rest enqueued while they work, and the first node killed
+    with SIGKILL once a third of the work is done. The victim and the wall
+    time (µs) of the kill."""
+    await enqueue_work(storage, labels[:before])
+    await cluster.start(NODES)
+    victim = cluster.nodes[0]
+    third = len(labels) // 3
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(enqueue_work, storage, labels[before:])  # while they work
+        done = await wait_for(
+            lambda: runs if (runs := count_done(cluster.log)).total() >= third else None,
+            within=DONE_TIMEOUT,
+            every=0.01,
+        )
+        cluster.kill(victim)
+        killed_at = wall_us()
+    print(f"killed {victim.name} after {done.total()} runs ({dict(done)})")
+    return victim, killed_at
+
+
+async def stop_survivors(cluster: Cluster, victim: Node) -> str:
+    """SIGTERM the nodes that lived through the kill: each was still alive
+    and stops cleanly (0), the victim's status is its SIGKILL. Their stderr."""
+    survivors = [node for node in cluster.nodes if node is not victim]
+    assert all(node.alive for node in survivors), cluster.all_stderr()
+    codes = await cluster.stop()
+    assert codes == {victim.name: -signal.SIGKILL, **{node.name: 0 for node in survivors}}, (
+        cluster.all_stderr()
+    )
+    return cluster.all_stderr()
+
+
 def most_unsettled(concurrency: int) -> int:
     """The most jobs of one queue a node holds and may have started without
     their outcome stored: those running, those whose function returned but

@@ -28,7 +28,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -56,12 +55,14 @@ from kernel.testing.cluster import (
     check_outcome,
     count_done,
     enqueue_work,
+    kill_one_mid_run,
     label,
     live_work,
     most_unsettled,
     open_cluster,
     read_log,
     started_by,
+    stop_survivors,
     wait_for,
     wait_until,
     wait_until_done,
@@ -255,29 +256,11 @@ async def test_a_node_killed_mid_run_loses_nothing(
         await open_storage(pg_url) as storage,
         open_cluster(node_url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
     ):
-        await enqueue_work(storage, labels[:before])
-        await cluster.start(NODES)
-        victim, *survivors = cluster.nodes
-        third = len(labels) // 3
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(enqueue_work, storage, labels[before:])  # while they work
-            done = await wait_for(
-                lambda: runs if (runs := count_done(cluster.log)).total() >= third else None,
-                within=DONE_TIMEOUT,
-                every=0.01,
-            )
-            cluster.kill(victim)
-            killed_at = wall_us()
-        print(f"killed {victim.name} after {done.total()} runs ({dict(done)})")
+        victim, killed_at = await kill_one_mid_run(storage, cluster, labels, before=before)
         await wait_until_done(storage, cluster)
         cut_us = wall_us()
         await wait_ticks_done(admin, schema, cut_us)
-        assert all(node.alive for node in survivors), cluster.all_stderr()
-        codes = await cluster.stop()
-        assert codes == {victim.name: -signal.SIGKILL, **{node.name: 0 for node in survivors}}, (
-            cluster.all_stderr()
-        )
-        stderr = cluster.all_stderr()
+        stderr = await stop_survivors(cluster, victim)
     print(f"run took {time.monotonic() - began:.1f} s")
     starts, dones = read_log(cluster.log)
     check_after_kill(

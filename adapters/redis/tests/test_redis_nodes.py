@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import functools
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -48,10 +47,12 @@ from kernel.testing.cluster import (
     check_outcome,
     count_done,
     enqueue_work,
+    kill_one_mid_run,
     label,
     open_cluster,
     read_log,
     started_by,
+    stop_survivors,
     wait_for,
     wait_until,
     wait_until_done,
@@ -161,30 +162,12 @@ async def test_a_node_killed_mid_run_loses_nothing(
         await open_storage(redis_url) as storage,
         open_cluster(url, tmp_path, log_info=ADAPTER_LOGS) as cluster,
     ):
-        await enqueue_work(storage, labels[:before])
-        await cluster.start(NODES)
-        victim, *survivors = cluster.nodes
-        third = len(labels) // 3
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(enqueue_work, storage, labels[before:])  # while they work
-            done = await wait_for(
-                lambda: runs if (runs := count_done(cluster.log)).total() >= third else None,
-                within=DONE_TIMEOUT,
-                every=0.01,
-            )
-            cluster.kill(victim)
-            killed_at = wall_us()
-        print(f"killed {victim.name} after {done.total()} runs ({dict(done)})")
+        victim, killed_at = await kill_one_mid_run(storage, cluster, labels, before=before)
         await wait_until_done(storage, cluster)
         await wait_for_slots(redis_server, prefix)
         cut_us = wall_us()
         await wait_ticks_done(storage, redis_server, prefix, cut_us)
-        assert all(node.alive for node in survivors), cluster.all_stderr()
-        codes = await cluster.stop()
-        assert codes == {victim.name: -signal.SIGKILL, **{node.name: 0 for node in survivors}}, (
-            cluster.all_stderr()
-        )
-        stderr = cluster.all_stderr()
+        stderr = await stop_survivors(cluster, victim)
     print(f"run took {time.monotonic() - began:.1f} s")
     starts, dones = read_log(cluster.log)
     check_after_kill(
