@@ -30,6 +30,7 @@ None for a broker over the network.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import pytest
@@ -40,7 +41,13 @@ from kernel.errors import BusClosed, InvalidTopic, NotJSONSerializable
 from kernel.ports import JSON, Bus, Message, Subscription, topic_matches
 from kernel.testing.storage_contract import JSON_SAMPLES, assert_same_json
 
-__all__ = ["BAD_PATTERNS", "BAD_TOPICS", "PATTERN_CASES", "BusContract"]
+__all__ = [
+    "BAD_PATTERNS",
+    "BAD_TOPICS",
+    "PATTERN_CASES",
+    "BusContract",
+    "check_a_subscription_outlives_an_outage",
+]
 
 PATTERN_CASES: list[tuple[str, str, bool]] = [
     ("user.*", "user.activity", True),
@@ -456,3 +463,34 @@ class BusContract:
                     nursery.start_soon(consume)
                     await trio.testing.wait_all_tasks_blocked()  # consume waits in receive
                     await bus.aclose()
+
+
+async def check_a_subscription_outlives_an_outage(
+    bus: Bus, cut: Callable[[], Awaitable[object]], *, wait: float = 10.0
+) -> None:
+    """For a bus over the network: ``cut()`` kills the connections under a
+    live subscription (the adapter's test knows how); the subscription must
+    receive again once the bus has reconnected (messages published during
+    the outage may be lost: the bus is at most once), and a subscription
+    made after the outage works as any other. ``wait`` bounds each step."""
+    async with bus.subscribe("t.*") as subscription:
+        await cut()
+        received = trio.Event()
+
+        async def publish_until_received() -> None:
+            number = 0
+            while not received.is_set():
+                await bus.publish("t.x", number)
+                number += 1
+                await trio.sleep(0.05)
+
+        with trio.fail_after(wait):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_until_received)
+                message = await subscription.receive()
+                received.set()
+        assert message.topic == "t.x"
+    async with bus.subscribe("t.*") as again:
+        await bus.publish("t.y", "fresh")
+        with trio.fail_after(wait):
+            assert (await again.receive()).payload == "fresh"
