@@ -58,7 +58,14 @@ from kernel.notifier.context import (
 )
 from kernel.serialization import JSON, MAX_JSON_DEPTH, JSONLike, copy_json
 from kernel.time.triggers import Trigger
-from kernel.urls import redact_url, url_options, url_scheme
+from kernel.urls import (
+    option_flag,
+    option_int,
+    option_seconds,
+    redact_url,
+    url_options,
+    url_scheme,
+)
 
 __all__ = [
     "JSON",
@@ -83,6 +90,9 @@ __all__ = [
     "copy_json",
     "current_notification_context",
     "notification_context",
+    "option_flag",
+    "option_int",
+    "option_seconds",
     "redact_url",
     "segments_match",
     "topic_matches",

@@ -9,13 +9,21 @@ them through `kernel.ports`.
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
 from collections.abc import Collection
 
 from kernel.errors import InvalidAdapterURL
 
-__all__ = ["redact_url", "url_options", "url_scheme"]
+__all__ = [
+    "option_flag",
+    "option_int",
+    "option_seconds",
+    "redact_url",
+    "url_options",
+    "url_scheme",
+]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _USER_PASSWORD = re.compile(r"([^:/?#@]*):(.*)@", re.DOTALL)
@@ -138,3 +146,37 @@ def url_options(url: str, *, allowed: Collection[str], location: bool = False) -
             raise InvalidAdapterURL(shown, f"option {name!r} is given twice")
         options[name] = value
     return options
+
+
+# The value of one option, from the text `url_options` returned; ``shown`` is
+# the URL as errors show it (`redact_url`).
+
+
+def option_int(shown: str, name: str, text: str, *, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high``, or `InvalidAdapterURL`."""
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise InvalidAdapterURL(
+            shown, f"{name}={text!r}: expected a whole number from {low} to {high}"
+        )
+    return int(text)
+
+
+def option_seconds(shown: str, name: str, text: str) -> float:
+    """A number of seconds above zero, or `InvalidAdapterURL`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidAdapterURL(shown, f"{name}={text!r}: expected seconds, a number > 0")
+    return value
+
+
+def option_flag(shown: str, name: str, text: str) -> bool:
+    """true/false (also 1/0, yes/no, on/off, any case), or `InvalidAdapterURL`."""
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise InvalidAdapterURL(shown, f"{name}={text!r}: expected true or false")

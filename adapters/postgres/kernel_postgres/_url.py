@@ -9,7 +9,6 @@ with libpq's own message instead of being ignored.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import urllib.parse
 from collections.abc import Collection
@@ -20,7 +19,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
 from kernel.errors import InvalidAdapterURL
-from kernel.ports import redact_url
+from kernel.ports import option_flag, option_int, option_seconds, redact_url
 
 __all__ = [
     "BUS_OPTIONS",
@@ -93,33 +92,6 @@ class PostgresOptions:
         return f"{self.location} (schema {self.schema})"
 
 
-def _whole(shown: str, name: str, text: str, *, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise InvalidAdapterURL(
-            shown, f"{name}={text!r}: expected a whole number from {low} to {high}"
-        )
-    return int(text)
-
-
-def _seconds(shown: str, name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidAdapterURL(shown, f"{name}={text!r}: expected seconds, a number > 0")
-    return value
-
-
-def _flag(shown: str, name: str, text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise InvalidAdapterURL(shown, f"{name}={text!r}: expected true or false")
-
-
 def parse_postgres_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) -> PostgresOptions:
     """The `PostgresOptions` of ``url``, else `InvalidAdapterURL` (password redacted).
 
@@ -175,15 +147,15 @@ def parse_postgres_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) 
     options = PostgresOptions(conninfo=conninfo, location=location, schema=schema)
     changes: dict[str, Any] = {}
     if "pool_size" in ours:
-        changes["pool_size"] = _whole(shown, "pool_size", ours["pool_size"], low=1, high=1000)
+        changes["pool_size"] = option_int(shown, "pool_size", ours["pool_size"], low=1, high=1000)
     if "pool_timeout" in ours:
-        changes["pool_timeout"] = _seconds(shown, "pool_timeout", ours["pool_timeout"])
+        changes["pool_timeout"] = option_seconds(shown, "pool_timeout", ours["pool_timeout"])
     if "migrate" in ours:
-        changes["migrate"] = _flag(shown, "migrate", ours["migrate"])
+        changes["migrate"] = option_flag(shown, "migrate", ours["migrate"])
     if "buffer" in ours:
-        changes["buffer"] = _whole(shown, "buffer", ours["buffer"], low=1, high=10**9)
+        changes["buffer"] = option_int(shown, "buffer", ours["buffer"], low=1, high=10**9)
     if "max_message" in ours:
-        changes["max_message"] = _whole(
+        changes["max_message"] = option_int(
             shown, "max_message", ours["max_message"], low=1, high=2**31 - 1
         )
     return attrs.evolve(options, **changes) if changes else options

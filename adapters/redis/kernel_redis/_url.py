@@ -8,7 +8,6 @@ is checked here and an unknown one is an error rather than ignored.
 
 from __future__ import annotations
 
-import math
 import re
 import urllib.parse
 from collections.abc import Collection
@@ -17,7 +16,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from kernel.errors import InvalidAdapterURL
-from kernel.ports import redact_url
+from kernel.ports import option_flag, option_int, option_seconds, redact_url
 
 __all__ = [
     "BUS_OPTIONS",
@@ -98,33 +97,6 @@ class RedisOptions:
         return f"{self.location} (prefix {self.prefix!r})"
 
 
-def _whole(shown: str, name: str, text: str, *, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise InvalidAdapterURL(
-            shown, f"{name}={text!r}: expected a whole number from {low} to {high}"
-        )
-    return int(text)
-
-
-def _seconds(shown: str, name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidAdapterURL(shown, f"{name}={text!r}: expected seconds, a number > 0")
-    return value
-
-
-def _flag(shown: str, name: str, text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise InvalidAdapterURL(shown, f"{name}={text!r}: expected true or false")
-
-
 def _options(shown: str, query: str, allowed: Collection[str]) -> dict[str, str]:
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
@@ -170,7 +142,7 @@ def parse_redis_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) -> 
     if not parts.hostname:
         raise InvalidAdapterURL(shown, "names no host (redis://host:6379/0)")
     path = parts.path.strip("/")
-    db = _whole(shown, "the database (path)", path, low=0, high=10_000) if path else 0
+    db = option_int(shown, "the database (path)", path, low=0, high=10_000) if path else 0
     ours = _options(shown, parts.query, allowed)
     location = shown_url(urllib.parse.urlunsplit((scheme, parts.netloc, f"/{db}", "", "")))
     changes: dict[str, Any] = {}
@@ -183,10 +155,10 @@ def parse_redis_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) -> 
         )
     changes["prefix"] = prefix
     if "pool_size" in ours:
-        changes["pool_size"] = _whole(shown, "pool_size", ours["pool_size"], low=1, high=1000)
+        changes["pool_size"] = option_int(shown, "pool_size", ours["pool_size"], low=1, high=1000)
     for name in ("pool_timeout", "connect_timeout"):
         if name in ours:
-            changes[name] = _seconds(shown, name, ours[name])
+            changes[name] = option_seconds(shown, name, ours[name])
     if "client_name" in ours:
         name = ours["client_name"]
         if _CLIENT_NAME.fullmatch(name) is None:
@@ -196,7 +168,7 @@ def parse_redis_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) -> 
             )
         changes["client_name"] = name
     if "buffer" in ours:
-        changes["buffer"] = _whole(shown, "buffer", ours["buffer"], low=1, high=10**9)
+        changes["buffer"] = option_int(shown, "buffer", ours["buffer"], low=1, high=10**9)
     tls_options = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname"} & ours.keys()
     if tls_options and scheme != "rediss":
         raise InvalidAdapterURL(
@@ -212,7 +184,7 @@ def parse_redis_url(url: str, *, allowed: Collection[str] = STORAGE_OPTIONS) -> 
     if "ssl_ca_certs" in ours:
         changes["ssl_ca_certs"] = ours["ssl_ca_certs"]
     if "ssl_check_hostname" in ours:
-        changes["ssl_check_hostname"] = _flag(
+        changes["ssl_check_hostname"] = option_flag(
             shown, "ssl_check_hostname", ours["ssl_check_hostname"]
         )
     return RedisOptions(
